@@ -7,14 +7,14 @@ Docs: https://vit-nb.github.io/vit_nb/embeddings.html.md"""
 # %% auto #0
 __all__ = ['PatchEmbed', 'prepend_tokens', 'sincos_1d', 'sincos_2d', 'rel_pos_index', 'RelPosBias', 'resample_pos_embed']
 
-# %% ../nbs/01_embeddings.ipynb #36827f5a
+# %% ../nbs/01_embeddings.ipynb #b4ef2508
 import math
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .patches import patchify, grid_size, to_2tuple
 
-# %% ../nbs/01_embeddings.ipynb #cc6732a2
+# %% ../nbs/01_embeddings.ipynb #34f107a1
 class PatchEmbed(nn.Module):
     "The linear projection $E$ of Eq. 1, as a stride-$P$ convolution: images `(B,C,H,W)` to tokens `(B,N,D)`."
     def __init__(self,
@@ -34,12 +34,12 @@ class PatchEmbed(nn.Module):
         grid_size(x.shape[-2:], self.patch_size)          # a clear error when H, W do not tile
         return self.proj(x).flatten(2).transpose(1, 2)    # B,D,H/P,W/P -> B,N,D
 
-# %% ../nbs/01_embeddings.ipynb #5da78a73
+# %% ../nbs/01_embeddings.ipynb #47c93fc0
 def prepend_tokens(x:Tensor, tok:Tensor) -> Tensor:
     "Prepend the learned tokens `tok` `(1, k, D)` to every sequence in `x` `(B, N, D)`: `(B, k+N, D)`."
     return torch.cat([tok.expand(x.shape[0], -1, -1), x], dim=1)
 
-# %% ../nbs/01_embeddings.ipynb #370e88de
+# %% ../nbs/01_embeddings.ipynb #776b6b68
 def sincos_1d(pos:Tensor, dim:int, temperature:float=10000.) -> Tensor:
     "Sin-cos features of width `dim` for positions `pos` `(M,)`: `(M, dim)`."
     if dim % 2: raise ValueError(f"sin-cos embedding width must be even, got {dim}")
@@ -60,7 +60,7 @@ def sincos_2d(
                      sincos_1d(cols.flatten(), dim // 2, temperature)], dim=1)
     return emb.float()                                          # N,D
 
-# %% ../nbs/01_embeddings.ipynb #17729057
+# %% ../nbs/01_embeddings.ipynb #587d1987
 def rel_pos_index(grid, class_token:bool=True) -> Tensor:
     "Index into the relative-bias table for every (query, key) pair on `grid`: `(T, T)`."
     gh, gw = to_2tuple(grid)
@@ -99,7 +99,7 @@ class RelPosBias(nn.Module):
         T = index.shape[0]
         return table[index.flatten()].reshape(T, T, -1).permute(2, 0, 1)   # h,T,T
 
-# %% ../nbs/01_embeddings.ipynb #e0891595
+# %% ../nbs/01_embeddings.ipynb #d4d7f6ce
 def resample_pos_embed(
     pos:Tensor, # `(1, k+N, D)`: `k` prefix (class token) positions, then `N` on `old_grid`
     new_grid, # the new patch grid `(H'/P, W'/P)`

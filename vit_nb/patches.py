@@ -7,11 +7,11 @@ Docs: https://vit-nb.github.io/vit_nb/patches.html.md"""
 # %% auto #0
 __all__ = ['to_2tuple', 'grid_size', 'patchify', 'unpatchify']
 
-# %% ../nbs/00_patches.ipynb #72332e95
+# %% ../nbs/00_patches.ipynb #82b072f5
 import torch
 from torch import Tensor
 
-# %% ../nbs/00_patches.ipynb #6576d225
+# %% ../nbs/00_patches.ipynb #33b9b6b8
 def to_2tuple(x) -> tuple:
     "`x` as an `(a, b)` pair: an int is repeated, a pair is kept."
     if isinstance(x, (tuple, list)):
@@ -31,7 +31,7 @@ def grid_size(
                          f"(e.g. {max(ph, H//ph*ph)}x{max(pw, W//pw*pw)})")
     return (H // ph, W // pw)
 
-# %% ../nbs/00_patches.ipynb #fa7caec9
+# %% ../nbs/00_patches.ipynb #ff9284e2
 def patchify(
     x:Tensor, # images, shape `(B, C, H, W)`
     patch_size, # `P`, an int or `(P_h, P_w)`
