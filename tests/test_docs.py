@@ -5,7 +5,7 @@ Checks: the build has no warnings (broken links smalldocs found, anything loaded
 notebook in nbs/ has its page, titled as the notebook, in the sidebar in file-name order; every public
 exported symbol in vit_nb/_modidx.py has its API entry on its module's page; every <img> loads; no internal
 link is broken (site links, links to the hosted docs, links to files in the repository); no console errors,
-uncaught exceptions or network requests on any page; the maths renders. Screenshots of the home page and of a
+uncaught exceptions or network requests on any page; the maths renders; the search box finds an API entry. Screenshots of the home page and of a
 notebook page go to artifacts/screenshots/ for people to look at.
 
 Needs Chromium (`apt-get install chromium`), libjs-katex and the dev extra (playwright, smalldocs); scripts/setup
@@ -88,8 +88,11 @@ def site(tmp_path_factory):
             try:
                 for name in pages: report['pages'][name] = _visit(ctx, base, name)
                 SHOTS.mkdir(parents=True, exist_ok=True)
-                shots = ['index.html'] + [p for p in pages if p != 'index.html'][:1]
-                report['shots'] = [_shoot(ctx, base, p) for p in shots]
+                nb_pages = [html for _, html, _ in _notebooks() if html != 'index.html' and html in report['pages']]
+                # the notebook page: the first, in the paper's order, that has a figure (else the first)
+                nb_page = next((p for p in nb_pages if report['pages'][p]['images']), nb_pages[0] if nb_pages else None)
+                report['shots'] = [_shoot(ctx, base, 'index.html')] + ([_shoot(ctx, base, nb_page)] if nb_page else [])
+                report['search'] = _search(ctx, base, _symbols()[0]) if _symbols() else None
             finally: ctx.close()
     finally: srv.shutdown()
     report['t_build'], report['t_total'] = t_build, time.time() - t0
@@ -116,11 +119,29 @@ def _visit(ctx, base, name):
     return info
 
 
+def _search(ctx, base, sym):
+    "Type a symbol's name into the home page's search box; return the symbol and the links offered."
+    page = ctx.new_page()
+    page.goto(base + 'index.html', wait_until='networkidle')
+    page.fill('#quarto-search input', sym[1])
+    try: page.wait_for_selector('#quarto-search a[href*="#"]', timeout=5000)
+    except Exception: pass  # reported by the test, with what was offered
+    hrefs = page.eval_on_selector_all('#quarto-search a[href]', 'els => els.map(a => a.getAttribute("href"))')
+    page.close()
+    return (*sym, hrefs)
+
+
 def _shoot(ctx, base, name):
+    "Screenshot the top of a page, and the view around its first figure if it has one; return the first file."
     page = ctx.new_page()
     page.goto(base + name, wait_until='networkidle')
     dest = SHOTS / (Path(name).stem + '.png')
     page.screenshot(path=str(dest))
+    img = page.query_selector('main img')
+    if img:
+        img.scroll_into_view_if_needed()
+        page.evaluate('() => window.scrollBy(0, -200)')
+        page.screenshot(path=str(SHOTS / (Path(name).stem + '-figure.png')))
     page.close()
     return dest
 
@@ -164,23 +185,37 @@ def test_sidebar_follows_the_notebooks(site):
         assert got == want, f'{name}: sidebar links {got}, expected {want}'
 
 
-def test_every_exported_symbol_has_its_api_entry(site):
-    "Each public name of each module in vit_nb/_modidx.py has a heading with its anchor on the module's page."
-    modidx = importlib.util.spec_from_file_location('_modidx', ROOT / 'vit_nb' / '_modidx.py')
-    d = importlib.util.module_from_spec(modidx); modidx.loader.exec_module(d)
-    missing, n = [], 0
+def _symbols():
+    "The public names nbdev exported, from vit_nb/_modidx.py: (qualified name, name, page, anchor)."
+    spec = importlib.util.spec_from_file_location('_modidx', ROOT / 'vit_nb' / '_modidx.py')
+    d = importlib.util.module_from_spec(spec); spec.loader.exec_module(d)
+    res = []
     for mod, syms in d.d['syms'].items():
         for qual, (url, _) in syms.items():
             name = qual[len(mod) + 1:]
             if '.' in name or name.startswith('_'): continue  # methods are documented with their class; private names not at all
-            n += 1
             page, _, anchor = url.partition('#')
-            p = site['pages'].get(page)
-            if p is None: missing.append(f'{qual}: no page {page}'); continue
-            head = p['headings'].get(anchor)
-            if head is None or not head.endswith(name): missing.append(f'{qual}: no API entry #{anchor} on {page}')
-    assert n, 'vit_nb/_modidx.py lists no public symbols'
-    assert not missing, f'{len(missing)} of {n} exported symbols have no API entry:\n' + '\n'.join(missing)
+            res.append((qual, name, page, anchor))
+    return res
+
+
+def test_every_exported_symbol_has_its_api_entry(site):
+    "Each public name of each module in vit_nb/_modidx.py has a heading with its anchor on the module's page."
+    syms, missing = _symbols(), []
+    for qual, name, page, anchor in syms:
+        p = site['pages'].get(page)
+        if p is None: missing.append(f'{qual}: no page {page}'); continue
+        head = p['headings'].get(anchor)
+        if head is None or not head.endswith(name): missing.append(f'{qual}: no API entry #{anchor} on {page}')
+    assert syms, 'vit_nb/_modidx.py lists no public symbols'
+    assert not missing, f'{len(missing)} of {len(syms)} exported symbols have no API entry:\n' + '\n'.join(missing)
+
+
+def test_search_finds_an_api_entry(site):
+    "Typing an exported name into the search box offers its API entry."
+    qual, name, page, anchor, hrefs = site['search']
+    assert any(urlsplit(h).path.lstrip('./') == page and urlsplit(h).fragment == anchor for h in hrefs), \
+        f'searching {name!r} on the home page offered {hrefs}, not {page}#{anchor}'
 
 
 def test_every_image_loads(site):
