@@ -87,7 +87,7 @@ def site(tmp_path_factory):
                 args=FLAGS, viewport={'width': 1280, 'height': 900})
             try:
                 for name in pages: report['pages'][name] = _visit(ctx, base, name)
-                SHOTS.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(SHOTS, ignore_errors=True); SHOTS.mkdir(parents=True)  # only this run's screenshots
                 nb_pages = [html for _, html, _ in _notebooks() if html != 'index.html' and html in report['pages']]
                 # the notebook page: the first, in the paper's order, that has a figure (else the first)
                 nb_page = next((p for p in nb_pages if report['pages'][p]['images']), nb_pages[0] if nb_pages else None)
