@@ -7,12 +7,12 @@ Docs: https://vit-nb.github.io/vit_nb/attention.html.md"""
 # %% auto #0
 __all__ = ['attention_explicit', 'Attention']
 
-# %% ../nbs/02_attention.ipynb #b3ab8586
+# %% ../nbs/02_attention.ipynb #9cdfbccc
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-# %% ../nbs/02_attention.ipynb #eb39404a
+# %% ../nbs/02_attention.ipynb #6a4c1d89
 def attention_explicit(
     q:Tensor, k:Tensor, v:Tensor, # `(B, h, T, d)` each
     bias:Tensor=None, # additive logit bias broadcastable to `(B, h, T, T)`
@@ -24,7 +24,7 @@ def attention_explicit(
     attn = logits.softmax(dim=-1)
     return F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v, attn
 
-# %% ../nbs/02_attention.ipynb #7f99be23
+# %% ../nbs/02_attention.ipynb #cf2bfecb
 class Attention(nn.Module):
     "Multi-head self-attention (Eq. 5-8) with a fused default path and an explicit path that returns the weights."
     def __init__(self,

@@ -7,13 +7,13 @@ Docs: https://vit-nb.github.io/vit_nb/encoder.html.md"""
 # %% auto #0
 __all__ = ['Mlp', 'DropPath', 'Block']
 
-# %% ../nbs/03_encoder.ipynb #cc48c94e
+# %% ../nbs/03_encoder.ipynb #034d825b
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .attention import Attention
 
-# %% ../nbs/03_encoder.ipynb #916a5614
+# %% ../nbs/03_encoder.ipynb #187b16b4
 class Mlp(nn.Module):
     "The block's MLP: `Linear(D, mlp_dim)`, GELU, dropout, `Linear(mlp_dim, D)`, dropout."
     def __init__(self,
@@ -31,7 +31,7 @@ class Mlp(nn.Module):
     def forward(self, x:Tensor) -> Tensor:                       # B,T,D -> B,T,D
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
-# %% ../nbs/03_encoder.ipynb #e66aec33
+# %% ../nbs/03_encoder.ipynb #57bcd111
 class DropPath(nn.Module):
     "Stochastic depth: drop the whole residual branch per sample with probability `p` while training."
     def __init__(self, p:float=0.):
@@ -46,7 +46,7 @@ class DropPath(nn.Module):
 
     def extra_repr(self): return f"p={self.p}"
 
-# %% ../nbs/03_encoder.ipynb #965d8023
+# %% ../nbs/03_encoder.ipynb #f3258831
 class Block(nn.Module):
     "One pre-LayerNorm Transformer encoder block (Eq. 2-3)."
     def __init__(self,

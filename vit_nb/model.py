@@ -8,7 +8,7 @@ Docs: https://vit-nb.github.io/vit_nb/model.html.md"""
 __all__ = ['VIT_SIZES', 'PRESETS', 'ViTConfig', 'ViT', 'init_weights', 'embed', 'forward_features', 'forward_head', 'forward',
            'reset_head', 'set_img_size', 'create_vit']
 
-# %% ../nbs/04_model.ipynb #b39809cc
+# %% ../nbs/04_model.ipynb #c50b9ff7
 import difflib, math
 from dataclasses import dataclass, field, fields, asdict, replace
 import torch
@@ -17,7 +17,7 @@ from .patches import grid_size, to_2tuple
 from .embeddings import PatchEmbed, prepend_tokens, sincos_2d, RelPosBias, resample_pos_embed
 from .encoder import Block
 
-# %% ../nbs/04_model.ipynb #ca9d1a24
+# %% ../nbs/04_model.ipynb #3bb082f5
 @dataclass
 class ViTConfig:
     "Every hyper-parameter of a `ViT`."
@@ -59,7 +59,7 @@ class ViTConfig:
     @property
     def num_patches(self) -> int: return math.prod(self.grid)
 
-# %% ../nbs/04_model.ipynb #9d87d270
+# %% ../nbs/04_model.ipynb #f9763cf5
 class ViT(nn.Module):
     "The Vision Transformer (Eq. 1-4). Build it from a `ViTConfig`, keyword overrides, or both."
     def __init__(self, cfg:ViTConfig=None, **kwargs):
@@ -94,7 +94,7 @@ class ViT(nn.Module):
     @property
     def num_params(self) -> int: return sum(p.numel() for p in self.parameters())
 
-# %% ../nbs/04_model.ipynb #0d930988
+# %% ../nbs/04_model.ipynb #b282074e
 def _init_module(m):
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=.02)
@@ -113,7 +113,7 @@ def init_weights(self:ViT):
     if isinstance(self.head, nn.Linear): nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
 ViT.init_weights = init_weights
 
-# %% ../nbs/04_model.ipynb #fe441b7d
+# %% ../nbs/04_model.ipynb #86127ba7
 def embed(self:ViT, x:Tensor) -> tuple: # tokens `(B, T, D)` and the patch grid
     "Eq. 1: images `(B, C, H, W)` to the token sequence $z_0$."
     grid = grid_size(x.shape[-2:], self.cfg.patch_size)
@@ -127,7 +127,7 @@ def embed(self:ViT, x:Tensor) -> tuple: # tokens `(B, T, D)` and the patch grid
     return self.pos_drop(x), grid
 ViT.embed = embed
 
-# %% ../nbs/04_model.ipynb #6612cb51
+# %% ../nbs/04_model.ipynb #76e4034d
 def forward_features(self:ViT,
     x:Tensor, # images `(B, C, H, W)`
     return_attn:bool=False, # also return a list of the `L` attention maps `(B, h, T, T)`
@@ -155,7 +155,7 @@ def forward(self:ViT, x:Tensor) -> Tensor:
     return self.forward_head(self.forward_features(x))
 ViT.forward_features, ViT.forward_head, ViT.forward = forward_features, forward_head, forward
 
-# %% ../nbs/04_model.ipynb #1364d416
+# %% ../nbs/04_model.ipynb #6dcf1a89
 def reset_head(self:ViT,
     num_classes:int, # the new `K` (0: no classifier)
     pool:str=None, # optionally switch the readout, 'token' or 'avg'
@@ -193,7 +193,7 @@ def set_img_size(self:ViT, img_size):
     return self
 ViT.reset_head, ViT.set_img_size = reset_head, set_img_size
 
-# %% ../nbs/04_model.ipynb #9b098203
+# %% ../nbs/04_model.ipynb #22774f34
 VIT_SIZES = dict(  # name: (D, L, h), MLP size 4D
     tiny=(192, 12, 3), small=(384, 12, 6), base=(768, 12, 12), large=(1024, 24, 16), huge=(1280, 32, 16))
 
