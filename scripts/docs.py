@@ -35,7 +35,12 @@ def process(n_workers=2):
     os.chdir(cfg.config_path)  # nbdev's processors call get_config() from the project root
     refresh_quarto_yml()
     nbdev_sidebar.__wrapped__(path=str(cfg.nbs_path))
-    return proc_nbs(str(cfg.nbs_path), n_workers=n_workers)
+    try: return proc_nbs(str(cfg.nbs_path), n_workers=n_workers)
+    except Exception as e:
+        raise RuntimeError(f'nbdev could not process a notebook for the docs: {e}\n'
+                           'The docs build runs only the import, export and show_doc cells of each notebook; a cell that '
+                           'mixes imports with other code is run whole, without the cells before it. Keep imports in '
+                           'cells of their own.') from None
 
 
 def render(proc, out):
@@ -130,7 +135,8 @@ def main(argv=None):
     ap.add_argument('--strict', action='store_true', help='exit 1 on any warning')
     ap.add_argument('--serve', nargs='?', const=8000, type=int, metavar='PORT', help='serve the site afterwards')
     args = ap.parse_args(argv)
-    out, warnings, site = build(args.out, args.workers)
+    try: out, warnings, site = build(args.out, args.workers)
+    except RuntimeError as e: sys.exit(f'docs: {e}')
     if args.strict and warnings: sys.exit(f'docs: {len(warnings)} warning(s), and --strict was given')
     if args.serve: serve(out, args.serve)
 
