@@ -8,7 +8,7 @@ Docs: https://vit-nb.github.io/vit_nb/hybrid.html.md"""
 __all__ = ['RESNETS', 'HYBRID_PRESETS', 'StdConv2d', 'to_std_conv', 'BackboneConfig', 'make_backbone', 'load_backbone_weights',
            'hybrid_grid', 'HybridEmbed', 'HybridViT', 'create_hybrid']
 
-# %% ../nbs/05_hybrid.ipynb #8cedd478
+# %% ../nbs/05_hybrid.ipynb #46285ef3
 import difflib
 from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
@@ -20,7 +20,7 @@ from torchvision.models import resnet as tvr
 from .patches import to_2tuple
 from .model import ViTConfig, ViT, PRESETS
 
-# %% ../nbs/05_hybrid.ipynb #272ef5c9
+# %% ../nbs/05_hybrid.ipynb #50dc0df0
 class StdConv2d(nn.Conv2d):
     "A weight-standardised `nn.Conv2d`: each filter is normalised to zero mean and unit variance before use."
     def __init__(self, *args, eps:float=1e-8, **kwargs):
@@ -49,7 +49,7 @@ def to_std_conv(module:nn.Module, eps:float=1e-8) -> nn.Module:
         else: to_std_conv(child, eps)
     return module
 
-# %% ../nbs/05_hybrid.ipynb #b8c80890
+# %% ../nbs/05_hybrid.ipynb #be5c3864
 RESNETS = dict(  # torchvision's ResNets: block, blocks per stage
     resnet18=(tvr.BasicBlock, (2, 2, 2, 2)), resnet34=(tvr.BasicBlock, (3, 4, 6, 3)),
     resnet50=(tvr.Bottleneck, (3, 4, 6, 3)), resnet101=(tvr.Bottleneck, (3, 4, 23, 3)),
@@ -81,7 +81,7 @@ class BackboneConfig:
     def channels(self) -> int:                                                     # `C'`
         return 64 * RESNETS[self.arch][0].expansion * 2 ** (self.stages - 1) if self.stages else 64
 
-# %% ../nbs/05_hybrid.ipynb #84c437b0
+# %% ../nbs/05_hybrid.ipynb #8fc7c77f
 def make_backbone(
     cfg:BackboneConfig, # which ResNet, where to cut, which modifications
     in_chans:int=3, # `C`, channels of the input images
@@ -98,7 +98,7 @@ def make_backbone(
     backbone = nn.Sequential(OrderedDict((n, getattr(net, n)) for n in parts))
     return to_std_conv(backbone) if cfg.std_conv else backbone
 
-# %% ../nbs/05_hybrid.ipynb #b4fd549f
+# %% ../nbs/05_hybrid.ipynb #85f9ad39
 def _read_state_dict(src) -> dict:
     if isinstance(src, dict): return src
     src = str(src)
@@ -130,7 +130,7 @@ def load_backbone_weights(
     backbone.load_state_dict(sd)
     return backbone
 
-# %% ../nbs/05_hybrid.ipynb #2d3cffbe
+# %% ../nbs/05_hybrid.ipynb #4abdd4c9
 def hybrid_grid(img_size, stride:int) -> tuple:
     "The token grid `(H/S, W/S)` of a hybrid with backbone stride `S`, or a `ValueError` naming the sizes."
     H, W = to_2tuple(img_size)
@@ -163,7 +163,7 @@ class HybridEmbed(nn.Module):
             raise RuntimeError(f"the backbone gave a {tuple(f.shape[-2:])} map for a {grid} grid: is stride {self.patch_size[0]} right?")
         return self.proj(f).flatten(2).transpose(1, 2)                  # B,D,H/S,W/S -> B,N,D
 
-# %% ../nbs/05_hybrid.ipynb #bc617885
+# %% ../nbs/05_hybrid.ipynb #7b618fba
 class HybridViT(ViT):
     "A ViT whose input sequence is a ResNet's feature map (§3.1 hybrid): `ViTConfig` fields as keywords, plus a `BackboneConfig`."
     def __init__(self,
@@ -195,7 +195,7 @@ class HybridViT(ViT):
         hybrid_grid(img_size, self.cfg.patch_size)
         return super().set_img_size(img_size)
 
-# %% ../nbs/05_hybrid.ipynb #d9c95965
+# %% ../nbs/05_hybrid.ipynb #3ff4c06e
 _R50_PAPER = dict(arch='resnet50', norm='gn', std_conv=True, zero_init_residual=True)
 
 def _hybrid(vit, img_size, **backbone):
