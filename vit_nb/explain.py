@@ -7,11 +7,12 @@ Docs: https://vit-nb.github.io/vit_nb/explain.html.md"""
 # %% auto #0
 __all__ = ['embedding_filters', 'embedding_filter_pcs', 'show_filter_pcs', 'pos_embed_table', 'pos_embed_similarity',
            'show_pos_similarity', 'get_attention', 'token_grid', 'patch_centres', 'attention_distance',
-           'mean_attention_distance', 'show_attention_distance', 'attention_rollout', 'query_map', 'attention_maps',
-           'upsample_map', 'show_attention_maps', 'load_vit', 'load_image', 'explain_images', 'explain_cli']
+           'mean_attention_distance', 'uniform_attention_distance', 'show_attention_distance', 'attention_rollout',
+           'query_map', 'attention_maps', 'upsample_map', 'show_attention_maps', 'load_vit', 'load_image',
+           'explain_images', 'explain_cli']
 
-# %% ../nbs/30_explain.ipynb #54b70cad
-import io, json, math, os, warnings
+# %% ../nbs/30_explain.ipynb #d7d36998
+import io, json, math, os
 from pathlib import Path
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from .patches import to_2tuple
 from .embeddings import sincos_2d
 from .model import ViT, ViTConfig, create_vit, PRESETS
 
-# %% ../nbs/30_explain.ipynb #c8df967d
+# %% ../nbs/30_explain.ipynb #bde70cd9
 def embedding_filters(model:nn.Module) -> Tensor: # `(D, C, P, P)`
     "The patch-embedding filter bank of a ViT, or a clear error for a model that does not embed pixel patches."
     pe = getattr(model, 'patch_embed', None)
@@ -38,7 +39,7 @@ def embedding_filters(model:nn.Module) -> Tensor: # `(D, C, P, P)`
                          "Attention maps, rollout and attention distances still apply.")
     return proj.weight.detach()
 
-# %% ../nbs/30_explain.ipynb #9fe89ad2
+# %% ../nbs/30_explain.ipynb #71436f76
 def embedding_filter_pcs(
     model:nn.Module, # a ViT (see `embedding_filters`)
     k:int=28, # number of components (Fig. 7 shows 28); at most `min(D, C*P*P)`
@@ -52,7 +53,7 @@ def embedding_filter_pcs(
     var = S**2
     return Vt[:k].reshape(k, C, P1, P2), var[:k] / var.sum()
 
-# %% ../nbs/30_explain.ipynb #b53e91f9
+# %% ../nbs/30_explain.ipynb #820aaf0a
 def _to_display(x:Tensor) -> np.ndarray:
     "An image `(C, H, W)` as an array for `imshow`: `(H, W)` for one channel, `(H, W, 3)` for three, else the channel mean."
     x = x.detach().float().cpu()
@@ -78,7 +79,7 @@ def show_filter_pcs(
     fig.tight_layout()
     return fig
 
-# %% ../nbs/30_explain.ipynb #f5a2390a
+# %% ../nbs/30_explain.ipynb #5bc33528
 def pos_embed_table(model:nn.Module) -> Tensor: # `(gh, gw, D)`: the embedding of every patch position
     "The position embeddings of the patch positions (class token excluded), on the patch grid."
     kind = getattr(getattr(model, 'cfg', None), 'pos_embed', 'learn')
@@ -102,7 +103,7 @@ def pos_embed_similarity(model:nn.Module) -> Tensor: # `(gh, gw, gh, gw)`: `[r, 
     E = F.normalize(E.reshape(gh * gw, D), dim=1)                     # N,D unit rows
     return (E @ E.T).reshape(gh, gw, gh, gw)
 
-# %% ../nbs/30_explain.ipynb #82ea04fd
+# %% ../nbs/30_explain.ipynb #ab8f5c1f
 def _mosaic(maps:np.ndarray) -> np.ndarray:
     "Tile maps `(R, C, h, w)` into one image with a blank (NaN) line between them."
     R, C, h, w = maps.shape
@@ -128,7 +129,7 @@ def show_pos_similarity(
     ax.set_title("Position embedding similarity", fontsize=9)
     return fig
 
-# %% ../nbs/30_explain.ipynb #5c9c0802
+# %% ../nbs/30_explain.ipynb #b7da7f1d
 def get_attention(
     model:nn.Module, # a ViT (anything whose `forward_features` takes `return_attn=True`)
     x:Tensor, # normalised images `(B, C, H, W)`
@@ -153,7 +154,7 @@ def token_grid(
         raise ValueError(f"{num_patches} tokens are not a grid with the aspect of a {H}x{W} image")
     return (gh, gw), (H / gh, W / gw)
 
-# %% ../nbs/30_explain.ipynb #15748dfe
+# %% ../nbs/30_explain.ipynb #b112a8a2
 def patch_centres(
     grid, # `(gh, gw)`
     stride=(1., 1.), # pixels per token `(sy, sx)`
@@ -177,7 +178,7 @@ def attention_distance(
     if renorm: a = a / a.sum(-1, keepdim=True)
     return (a * dist).sum(-1).mean(-1).float()                        # B,h
 
-# %% ../nbs/30_explain.ipynb #4285c05c
+# %% ../nbs/30_explain.ipynb #fa918d01
 def mean_attention_distance(
     model:nn.Module, # a ViT or hybrid
     images:Tensor, # normalised images `(B, C, H, W)` (the paper: 128)
@@ -195,10 +196,19 @@ def mean_attention_distance(
         total = d if total is None else total + d
     return total / len(images)
 
-# %% ../nbs/30_explain.ipynb #7270181f
+# %% ../nbs/30_explain.ipynb #b12ed6ef
+def uniform_attention_distance(
+    grid, # the token grid `(gh, gw)`
+    stride=(1., 1.), # pixels per token `(sy, sx)`
+) -> float: # pixels
+    "The attention distance of uniform attention over the patches: the mean distance between two patch centres."
+    c = patch_centres(grid, stride)
+    return torch.cdist(c, c).mean().item()
+
 def show_attention_distance(
     dist:Tensor, # `(L, h)` from `mean_attention_distance`
     img_size=None, # the images' size, for the title
+    uniform:float=None, # draw this reference line, e.g. `uniform_attention_distance(grid, stride)`
     figsize=(6, 4), # figure size in inches
 ) -> plt.Figure:
     "Scatter each head's mean attention distance against the layer (Fig. 7 right)."
@@ -206,13 +216,14 @@ def show_attention_distance(
     fig, ax = plt.subplots(figsize=figsize, dpi=80)
     for a in range(h):
         ax.scatter(np.arange(1, L + 1), dist[:, a].cpu().numpy(), s=14, label=f"head {a+1}")
+    if uniform is not None: ax.axhline(uniform, ls='--', lw=1, c='gray', label='uniform attention')
     ax.set_xlabel("network depth (layer)"); ax.set_ylabel("mean attention distance (pixels)")
     ax.set_xticks(range(1, L + 1)); ax.set_ylim(bottom=0)
-    if h <= 8: ax.legend(fontsize=7, ncol=2)
+    if h <= 8 or uniform is not None: ax.legend(fontsize=7, ncol=2)
     ax.set_title("Mean attention distance" + (f" ({to_2tuple(img_size)[0]}x{to_2tuple(img_size)[1]} images)" if img_size else ""), fontsize=9)
     return fig
 
-# %% ../nbs/30_explain.ipynb #da6a2ddc
+# %% ../nbs/30_explain.ipynb #e7cfc176
 def attention_rollout(
     attns:list, # `L` attention maps `(B, h, T, T)`, first layer first
     residual:bool=True, # add the identity for the residual connection
@@ -229,7 +240,7 @@ def attention_rollout(
         R = A if R is None else A @ R                                 # later layers act on the left
     return R.float()
 
-# %% ../nbs/30_explain.ipynb #0860d346
+# %% ../nbs/30_explain.ipynb #c023fd4d
 def query_map(
     A:Tensor, # attention or rollout `(..., T, T)`
     grid, # the token grid `(gh, gw)`
@@ -251,7 +262,7 @@ def attention_maps(
     grid, _ = token_grid(x.shape[-2:], attns[0].shape[-1] - k)
     return query_map(attns[layer], grid, k), query_map(attention_rollout(attns), grid, k)
 
-# %% ../nbs/30_explain.ipynb #c83087f7
+# %% ../nbs/30_explain.ipynb #b4accfdb
 def upsample_map(
     m:Tensor, # maps `(..., gh, gw)`
     size, # the image size `(H, W)`
@@ -293,7 +304,7 @@ def show_attention_maps(
     fig.tight_layout(pad=0.2, w_pad=0.1, h_pad=0.3)
     return fig
 
-# %% ../nbs/30_explain.ipynb #ae6b46f2
+# %% ../nbs/30_explain.ipynb #6ec4af62
 _CFG_FIELDS = set(ViTConfig.__dataclass_fields__)
 
 def _find_info(d:dict) -> dict:
@@ -308,7 +319,7 @@ def _find_info(d:dict) -> dict:
         if 'vocab' not in info and isinstance(c.get('vocab'), (list, tuple)): info['vocab'] = [str(v) for v in c['vocab']]
     return info
 
-# %% ../nbs/30_explain.ipynb #89f095af
+# %% ../nbs/30_explain.ipynb #5e051f81
 def _weights_file(path:Path) -> Path:
     "`path` if it is a file, else the safetensors weights in the folder `path` (`model.safetensors` or `weights.safetensors` first)."
     if path.is_file(): return path
@@ -326,10 +337,10 @@ def _model_info(wf:Path) -> dict:
         try:
             with safe_open(str(wf), 'pt') as f: meta = f.metadata() or {}
         except Exception as e: raise ValueError(f"cannot read {wf} as safetensors: {e}") from e
-        for v in meta.values():
+        for k, v in meta.items():                                     # e.g. 'vit_nb.config', 'vit_nb.stats', 'vit_nb.vocab'
             try: d = json.loads(v)
             except ValueError: continue
-            if isinstance(d, dict): found.append(_find_info(d))
+            found.append(_find_info(d if isinstance(d, dict) else {k.split('.')[-1]: d}))
     for p in sorted(wf.parent.glob('*.json'), key=lambda p: (p.stem not in ('config', 'model'), p.name)):
         try: d = json.loads(p.read_text())
         except (OSError, ValueError) as e: raise ValueError(f"could not read {p}: {e}") from e
@@ -352,7 +363,7 @@ def _build(cfg:dict) -> ViT:
     bcfg = BackboneConfig(**tup(cfg['backbone']))
     return HybridViT(ViTConfig(**{**vkw, 'patch_size': bcfg.stride}), bcfg)   # a hybrid's patch is its backbone's stride
 
-# %% ../nbs/30_explain.ipynb #e66d79e2
+# %% ../nbs/30_explain.ipynb #efe620f6
 def _load_weights(model:ViT, wf:Path) -> ViT:
     if wf.suffix == '.safetensors':
         from safetensors.torch import load_file
@@ -391,7 +402,7 @@ def load_vit(
         raise ValueError(f"the normalisation found for {wf} has {len(mean)} means and {len(std)} stds for a {C}-channel model")
     return model.eval(), dict(mean=mean, std=std, vocab=info.get('vocab'))
 
-# %% ../nbs/30_explain.ipynb #c95ee2ed
+# %% ../nbs/30_explain.ipynb #1fe13254
 def load_image(
     fn, # an image file PIL can read
     size, # the model's `(H, W)`
@@ -415,7 +426,7 @@ def load_image(
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255)
     return (x[None] if in_chans == 1 else x.permute(2, 0, 1)).clamp(0, 1).contiguous()
 
-# %% ../nbs/30_explain.ipynb #c3ac6f61
+# %% ../nbs/30_explain.ipynb #5ef60cdf
 def explain_images(
     model:nn.Module, # a ViT or hybrid, with `cfg.img_size` and `cfg.in_chans`
     files:list, # image files
@@ -456,7 +467,7 @@ def explain_images(
         tmp.write_bytes(data); os.replace(tmp, out/name); written.append(out/name)
     return written
 
-# %% ../nbs/30_explain.ipynb #8cecdc11
+# %% ../nbs/30_explain.ipynb #cec3505c
 def _floats(s): return None if s is None else [float(v) for v in str(s).replace(',', ' ').split()]
 
 @call_parse
@@ -468,12 +479,14 @@ def explain_cli(
     layer:int=-1, # layer of the per-head maps (0-based; -1: the last)
     mean:str=None, # input normalisation mean, one value or one per channel (default: the model's, else 0.5)
     std:str=None, # input normalisation std, as `mean`
+    threads:int=None, # CPU threads for PyTorch
 ):
     "Draw attention rollout and per-head class-token attention maps of a ViT for image files, as PNG files."
     cli = is_cli(explain_cli)                                         # a console run (not a Python call)
     if cli:
         import matplotlib; matplotlib.use('Agg')
     if not images: raise CliError("give one or more image files after the weights")
+    if threads: torch.set_num_threads(threads)
     try:
         model, info = load_vit(weights, preset)
         C = model.cfg.in_chans
