@@ -186,7 +186,6 @@ def set_img_size(self:ViT, img_size):
             new = RelPosBias(new_grid, self.cfg.heads, rp.class_token).to(rp.table.device)
             with torch.no_grad():
                 bias = rp(new_grid)                                   # h,T,T resampled
-                M = (2*new_grid[0] - 1) * (2*new_grid[1] - 1)
                 new.table.data[new.index.flatten()] = bias.permute(1, 2, 0).reshape(-1, bias.shape[0])
             blk.attn.rel_pos = new
     self.cfg, self.grid = new_cfg, new_grid
