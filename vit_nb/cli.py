@@ -8,12 +8,12 @@ Docs: https://vit-nb.github.io/vit_nb/cli.html.md"""
 __all__ = ['UsageError', 'new_run_dir', 'dls_stats', 'confusion_matrix', 'plot_training', 'plot_confusion', 'evaluate_learner',
            'write_outputs', 'train', 'finetune', 'evaluate', 'predict']
 
-# %% ../nbs/13_cli.ipynb #91cf0731
+# %% ../nbs/13_cli.ipynb #7df0fdbd
 import json, math, os, sys, time
 from pathlib import Path
 from fastcore.script import call_parse
 
-# %% ../nbs/13_cli.ipynb #c69be7b0
+# %% ../nbs/13_cli.ipynb #60e70e59
 def _epoch_line():
     "A callback that prints one line per epoch (for `--no-bar`)."
     from fastai.callback.core import Callback
@@ -42,7 +42,7 @@ def _readable_file(p, what:str) -> Path:
     _check(os.access(p, os.R_OK), f"{what} {str(p)!r} is not readable")
     return p
 
-# %% ../nbs/13_cli.ipynb #e79cf00c
+# %% ../nbs/13_cli.ipynb #2d9945db
 def new_run_dir(root='runs', name:str=None) -> Path:
     "Create and return a new, empty run folder under `root` (never an existing one)."
     root = Path(root).expanduser()
@@ -59,7 +59,7 @@ def new_run_dir(root='runs', name:str=None) -> Path:
         except FileExistsError: continue
     raise RuntimeError(f"could not create a new run folder in {root}")
 
-# %% ../nbs/13_cli.ipynb #6cadc490
+# %% ../nbs/13_cli.ipynb #a0d2e9d8
 def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, stats=None, aug=True):
     "`(dls, vocab, stats)` for the `--data` option."
     from vit_nb import data as vd
@@ -83,13 +83,13 @@ def dls_stats(dls) -> tuple:
     n = next(t for t in dls.valid.after_batch.fs if isinstance(t, Normalize))
     return n.mean.flatten().tolist(), n.std.flatten().tolist()
 
-# %% ../nbs/13_cli.ipynb #35620136
+# %% ../nbs/13_cli.ipynb #b1aa98e3
 def confusion_matrix(y_true, y_pred, n:int):
     "`n`x`n` counts (a tensor): row = true class, column = predicted class."
     import torch
     return torch.bincount(torch.as_tensor(y_true).long() * n + torch.as_tensor(y_pred).long(), minlength=n*n).reshape(n, n)
 
-# %% ../nbs/13_cli.ipynb #a56a3678
+# %% ../nbs/13_cli.ipynb #9376a4f0
 def _plt():
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
@@ -128,16 +128,20 @@ def plot_confusion(cm, vocab, fname, title='confusion matrix') -> Path:
     fig.tight_layout(); fig.savefig(fname); plt.close(fig)
     return Path(fname)
 
-# %% ../nbs/13_cli.ipynb #c5a6c0d8
+# %% ../nbs/13_cli.ipynb #4b69949f
 def evaluate_learner(learn, dl=None) -> dict:
-    "Accuracy, loss and confusion matrix of `learn` on `dl` (default: the validation set)."
+    "Accuracy, loss and confusion matrix of `learn`'s model on `dl` (default: the validation set), in this process only."
     import torch
-    with learn.no_bar(): preds, targs = learn.get_preds(dl=dl)
-    n = preds.shape[1]
-    loss = torch.nn.functional.cross_entropy(preds.float().log(), targs.long()).item()
-    pred = preds.argmax(1)
-    return dict(accuracy=(pred == targs).float().mean().item(), loss=loss, n=len(targs),
-                confusion=confusion_matrix(targs, pred, n))
+    import torch.nn.functional as F
+    m = getattr(learn.model, 'module', learn.model).eval()
+    logits, targs = [], []
+    with torch.no_grad():                     # a plain loop: fastai's `get_preds` would gather across processes
+        for xb, yb in (dl or learn.dls.valid):
+            logits.append(m(xb).float().cpu().as_subclass(torch.Tensor)); targs.append(yb.cpu().as_subclass(torch.Tensor))
+    logits, targs = torch.cat(logits), torch.cat(targs).long()
+    pred = logits.argmax(1)
+    return dict(accuracy=(pred == targs).float().mean().item(), loss=F.cross_entropy(logits, targs).item(), n=len(targs),
+                confusion=confusion_matrix(targs, pred, logits.shape[1]))
 
 def write_outputs(learn, run:Path, res:dict, vocab, stats, args:dict, seconds:float, command:str, hist:tuple) -> dict:
     "Write the weights, config, metrics, history (`(losses, values)` from the recorder) and plots of a finished run into `run`."
@@ -156,7 +160,7 @@ def write_outputs(learn, run:Path, res:dict, vocab, stats, args:dict, seconds:fl
     plot_confusion(res['confusion'], vocab, run/'confusion_matrix.png', f"test accuracy {res['accuracy']:.2%}")
     return metrics
 
-# %% ../nbs/13_cli.ipynb #db7e151e
+# %% ../nbs/13_cli.ipynb #a685607a
 def _resume_args(resume, command:str) -> tuple:
     "The run folder, state and original arguments of the checkpoint `resume` (a run folder or a `checkpoint.pt`)."
     p = Path(resume).expanduser()
@@ -171,23 +175,41 @@ def _resume_args(resume, command:str) -> tuple:
     return p.parent, st, dict(meta['args'])
 
 def _setup(threads):
+    "Thread count; under `torchrun`, join the process group (see `vit_nb.distributed`)."
     import torch
     if threads: torch.set_num_threads(threads)
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1:
+        from vit_nb.distributed import init_distributed
+        init_distributed()
+
+def _run_dir(run, args) -> Path:
+    "The run folder: `run` when resuming, else a new one, made by rank 0 and shared with the other ranks."
+    from vit_nb.distributed import rank_info, share_from_rank0
+    if run is None and rank_info()[0] == 0: run = new_run_dir(args['out'], args['name'])
+    return Path(share_from_rank0(str(run) if run else None))
 
 def _fit(command, args, run, built, fit, resume_state=None) -> int:
     "Fit `built` (learner, vocab, stats) with checkpoints in `run`, write the outputs, print the result; the exit status."
+    from contextlib import nullcontext
+    import torch
     from vit_nb.checkpoint import Checkpointer, TrainingInterrupted, NonFiniteLossError
+    from vit_nb.distributed import rank_info
     learn, vocab, stats = built
+    rank, world = rank_info()
     meta = dict(command=command, args=args, run=str(run))
     cb = Checkpointer(run/'checkpoint.pt', every=args.get('every') or 0, resume=resume_state, meta=meta)
     m = learn.model
-    print(f"vit-nb-{command}: {sum(p.numel() for p in m.parameters()):,} parameters, {m.cfg.img_size} images, "
-          f"{len(learn.dls.train_ds):,} training / {len(learn.dls.valid_ds):,} test images; output in {run}", flush=True)
+    if rank == 0:
+        print(f"vit-nb-{command}: {sum(p.numel() for p in m.parameters()):,} parameters, {m.cfg.img_size} images, "
+              f"{len(learn.dls.train_ds):,} training / {len(learn.dls.valid_ds):,} test images; output in {run}", flush=True)
+    ddp = learn.distrib_ctx(cpu=not torch.cuda.is_available()) if world > 1 else nullcontext()
+    if world > 1: print(f"rank {rank} of {world}: {-(-len(learn.dls.train) // world)} batches of {args['bs']} per epoch", flush=True)
     t0 = time.perf_counter()
     try:
-        if args.get('no_bar'):
-            with learn.no_bar(), learn.no_logging(): fit(learn, [cb, _epoch_line()])
-        else: fit(learn, [cb])
+        with ddp:
+            if args.get('no_bar'):
+                with learn.no_bar(), learn.no_logging(): fit(learn, [cb] + ([_epoch_line()] if rank == 0 else []))
+            else: fit(learn, [cb])
     except TrainingInterrupted as e:
         print(f"\nInterrupted by {e.signame} at epoch {e.epoch + 1 if e.iter else e.epoch}"
               f"{f', batch {e.iter}' if e.iter else ' (end)'}; the training state is saved in {e.path}.\n"
@@ -200,14 +222,15 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
               + " Lower the learning rate (--lr) or check the data.", file=sys.stderr, flush=True)
         return 3
     seconds = time.perf_counter() - t0
-    hist = (list(learn.recorder.losses), [list(v) for v in learn.recorder.values])   # `get_preds` resets the recorder
+    if rank != 0: return 0                                   # rank 0 evaluates and writes the run folder
+    hist = (list(learn.recorder.losses), [list(v) for v in learn.recorder.values])
     res = evaluate_learner(learn)
     write_outputs(learn, run, res, vocab, stats, args, seconds, command, hist)
     print(f"test accuracy: {res['accuracy']:.4f} ({res['n']:,} images), loss {res['loss']:.4f}, "
           f"training {seconds:.0f} s\nwrote {run}/: " + ', '.join(sorted(p.name for p in run.iterdir())), flush=True)
     return 0
 
-# %% ../nbs/13_cli.ipynb #6c977af6
+# %% ../nbs/13_cli.ipynb #2666b606
 def _check_common(epochs, bs, lr, subset, threads):
     _check(epochs >= 1, f"--epochs must be at least 1, got {epochs}")
     _check(bs >= 1, f"--bs must be at least 1, got {bs}")
@@ -271,10 +294,9 @@ def train(
                            clip=args['clip'], cbs=cbs)
     set_seed(args['seed'])
     built = make(args)                                         # data problems surface before the run folder exists
-    run = run or new_run_dir(args['out'], args['name'])
-    return _fit('train', args, run, built, fit, st)
+    return _fit('train', args, _run_dir(run, args), built, fit, st)
 
-# %% ../nbs/13_cli.ipynb #441db278
+# %% ../nbs/13_cli.ipynb #aec7330a
 def _weights_path(w) -> Path:
     p = Path(w).expanduser()
     if p.is_dir(): p = p/'model.safetensors'
@@ -346,10 +368,9 @@ def finetune(
                            layer_decay=args['layer_decay'], cbs=cbs)
     set_seed(args['seed'])
     built = make(args)
-    run = run or new_run_dir(args['out'], args['name'])
-    return _fit('finetune', args, run, built, fit, st)
+    return _fit('finetune', args, _run_dir(run, args), built, fit, st)
 
-# %% ../nbs/13_cli.ipynb #819e9b7c
+# %% ../nbs/13_cli.ipynb #80200eb2
 @call_parse(pos=['weights'])
 def evaluate(
     weights:str=None, # a run folder or a weights file (.safetensors)
@@ -378,7 +399,7 @@ def evaluate(
         Path(json_out).write_text(json.dumps({k: v for k, v in res.items() if k != 'confusion'} | dict(weights=str(p), data=data), indent=1))
     return 0
 
-# %% ../nbs/13_cli.ipynb #dd7aabea
+# %% ../nbs/13_cli.ipynb #5d54b447
 def _prepare(fns, model, stats):
     "Images from files as a normalised batch (a tensor `(B, C, H, W)`) at the model's resolution."
     import numpy as np, torch
