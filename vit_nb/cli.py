@@ -8,12 +8,21 @@ Docs: https://vit-nb.github.io/vit_nb/cli.html.md"""
 __all__ = ['UsageError', 'new_run_dir', 'dls_stats', 'confusion_matrix', 'plot_training', 'plot_confusion', 'evaluate_learner',
            'write_outputs', 'train', 'finetune', 'evaluate', 'predict']
 
-# %% ../nbs/13_cli.ipynb #7df0fdbd
+# %% ../nbs/13_cli.ipynb #c8f3c811
 import json, math, os, sys, time
 from pathlib import Path
 from fastcore.script import call_parse
 
-# %% ../nbs/13_cli.ipynb #60e70e59
+# %% ../nbs/13_cli.ipynb #fa1aab41
+def _epoch_clock():
+    "A callback that records the seconds since the start of the fit at the end of each epoch (in `.times`)."
+    from fastai.callback.core import Callback
+    class EpochClock(Callback):
+        order = 98
+        def before_fit(self): self.t0, self.times = time.perf_counter(), []
+        def after_epoch(self): self.times.append(round(time.perf_counter() - self.t0, 1))
+    return EpochClock()
+
 def _epoch_line():
     "A callback that prints one line per epoch (for `--no-bar`)."
     from fastai.callback.core import Callback
@@ -42,7 +51,7 @@ def _readable_file(p, what:str) -> Path:
     _check(os.access(p, os.R_OK), f"{what} {str(p)!r} is not readable")
     return p
 
-# %% ../nbs/13_cli.ipynb #2d9945db
+# %% ../nbs/13_cli.ipynb #2dd5ff12
 def new_run_dir(root='runs', name:str=None) -> Path:
     "Create and return a new, empty run folder under `root` (never an existing one)."
     root = Path(root).expanduser()
@@ -59,7 +68,7 @@ def new_run_dir(root='runs', name:str=None) -> Path:
         except FileExistsError: continue
     raise RuntimeError(f"could not create a new run folder in {root}")
 
-# %% ../nbs/13_cli.ipynb #a0d2e9d8
+# %% ../nbs/13_cli.ipynb #9a476595
 def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, stats=None, aug=True):
     "`(dls, vocab, stats)` for the `--data` option."
     from vit_nb import data as vd
@@ -83,13 +92,13 @@ def dls_stats(dls) -> tuple:
     n = next(t for t in dls.valid.after_batch.fs if isinstance(t, Normalize))
     return n.mean.flatten().tolist(), n.std.flatten().tolist()
 
-# %% ../nbs/13_cli.ipynb #b1aa98e3
+# %% ../nbs/13_cli.ipynb #6a0519c6
 def confusion_matrix(y_true, y_pred, n:int):
     "`n`x`n` counts (a tensor): row = true class, column = predicted class."
     import torch
     return torch.bincount(torch.as_tensor(y_true).long() * n + torch.as_tensor(y_pred).long(), minlength=n*n).reshape(n, n)
 
-# %% ../nbs/13_cli.ipynb #9376a4f0
+# %% ../nbs/13_cli.ipynb #7e42e7b5
 def _plt():
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
@@ -128,7 +137,7 @@ def plot_confusion(cm, vocab, fname, title='confusion matrix') -> Path:
     fig.tight_layout(); fig.savefig(fname); plt.close(fig)
     return Path(fname)
 
-# %% ../nbs/13_cli.ipynb #4b69949f
+# %% ../nbs/13_cli.ipynb #6134dea0
 def evaluate_learner(learn, dl=None) -> dict:
     "Accuracy, loss and confusion matrix of `learn`'s model on `dl` (default: the validation set), in this process only."
     import torch
@@ -151,16 +160,17 @@ def write_outputs(learn, run:Path, res:dict, vocab, stats, args:dict, seconds:fl
     cfg = dict(m.cfg.__dict__)
     (run/'config.json').write_text(json.dumps(dict(model=cfg, command=command, args=args), indent=1, default=str))
     names = list(learn.recorder.metric_names[1:-1])
-    epochs = [dict(epoch=i + 1, **{k: float(v) for k, v in zip(names, row)}) for i, row in enumerate(hist[1])]
+    times = [None] * (len(hist[1]) - len(hist[2])) + list(hist[2])    # a resumed run times only its own epochs
+    epochs = [dict(epoch=i + 1, **{k: float(v) for k, v in zip(names, row)}, seconds=t) for i, (row, t) in enumerate(zip(hist[1], times))]
     metrics = dict(test_accuracy=res['accuracy'], test_loss=res['loss'], n_test=res['n'], n_train=len(learn.dls.train_ds),
                    epochs=epochs, train_seconds=round(seconds, 1), params=sum(p.numel() for p in m.parameters()),
                    command=command, args=args)
     (run/'metrics.json').write_text(json.dumps(metrics, indent=1, default=str))
-    plot_training(*hist, run/'training_curve.png')
+    plot_training(*hist[:2], run/'training_curve.png')
     plot_confusion(res['confusion'], vocab, run/'confusion_matrix.png', f"test accuracy {res['accuracy']:.2%}")
     return metrics
 
-# %% ../nbs/13_cli.ipynb #a685607a
+# %% ../nbs/13_cli.ipynb #1697b798
 def _resume_args(resume, command:str) -> tuple:
     "The run folder, state and original arguments of the checkpoint `resume` (a run folder or a `checkpoint.pt`)."
     p = Path(resume).expanduser()
@@ -204,12 +214,12 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
               f"{len(learn.dls.train_ds):,} training / {len(learn.dls.valid_ds):,} test images; output in {run}", flush=True)
     ddp = learn.distrib_ctx(cpu=not torch.cuda.is_available()) if world > 1 else nullcontext()
     if world > 1: print(f"rank {rank} of {world}: {-(-len(learn.dls.train) // world)} batches of {args['bs']} per epoch", flush=True)
-    t0 = time.perf_counter()
+    t0, clock = time.perf_counter(), _epoch_clock()
     try:
         with ddp:
             if args.get('no_bar'):
-                with learn.no_bar(), learn.no_logging(): fit(learn, [cb] + ([_epoch_line()] if rank == 0 else []))
-            else: fit(learn, [cb])
+                with learn.no_bar(), learn.no_logging(): fit(learn, [cb, clock] + ([_epoch_line()] if rank == 0 else []))
+            else: fit(learn, [cb, clock])
     except TrainingInterrupted as e:
         print(f"\nInterrupted by {e.signame} at epoch {e.epoch + 1 if e.iter else e.epoch}"
               f"{f', batch {e.iter}' if e.iter else ' (end)'}; the training state is saved in {e.path}.\n"
@@ -223,14 +233,14 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
         return 3
     seconds = time.perf_counter() - t0
     if rank != 0: return 0                                   # rank 0 evaluates and writes the run folder
-    hist = (list(learn.recorder.losses), [list(v) for v in learn.recorder.values])
+    hist = (list(learn.recorder.losses), [list(v) for v in learn.recorder.values], clock.times)
     res = evaluate_learner(learn)
     write_outputs(learn, run, res, vocab, stats, args, seconds, command, hist)
     print(f"test accuracy: {res['accuracy']:.4f} ({res['n']:,} images), loss {res['loss']:.4f}, "
           f"training {seconds:.0f} s\nwrote {run}/: " + ', '.join(sorted(p.name for p in run.iterdir())), flush=True)
     return 0
 
-# %% ../nbs/13_cli.ipynb #2666b606
+# %% ../nbs/13_cli.ipynb #b4a58e2c
 def _check_common(epochs, bs, lr, subset, threads):
     _check(epochs >= 1, f"--epochs must be at least 1, got {epochs}")
     _check(bs >= 1, f"--bs must be at least 1, got {bs}")
@@ -254,6 +264,11 @@ def train(
     mixup:float=0., # MixUp alpha (0: off)
     cutmix:float=0., # CutMix alpha (0: off)
     drop_path:float=0., # stochastic depth rate
+    patch_size:int=None, # override the preset's patch size `P`
+    dim:int=None, # override the preset's width `D`
+    depth:int=None, # override the preset's number of blocks `L`
+    heads:int=None, # override the preset's number of heads `h`
+    mlp_dim:int=None, # override the preset's MLP size
     size:int=None, # image size (default: the data's; needed for image folders)
     subset:int=None, # train on a class-balanced subset of this many images
     n_valid:int=None, # evaluate on a class-balanced subset of this many test images
@@ -286,8 +301,11 @@ def train(
 
     def make(a):
         dls, vocab, stats = _data(a['data'], a['data_path'], a['size'], a['bs'], a['subset'], a['n_valid'], a['seed'])
-        learn = vit_learner(dls, a['arch'], label_smoothing=a['label_smoothing'], mixup=a['mixup'], cutmix=a['cutmix'],
-                            config=dict(drop_path_rate=a['drop_path']) if a['drop_path'] else None, precision=a['precision'])
+        over = {k: a.get(k) for k in ('patch_size', 'dim', 'depth', 'heads', 'mlp_dim') if a.get(k)}
+        if a['drop_path']: over['drop_path_rate'] = a['drop_path']
+        try: learn = vit_learner(dls, a['arch'], label_smoothing=a['label_smoothing'], mixup=a['mixup'], cutmix=a['cutmix'],
+                                 config=over, precision=a['precision'])
+        except ValueError as e: raise UsageError(f"bad model options: {e}") from None
         return learn, vocab, stats
     def fit(learn, cbs):
         learn.fit_pretrain(args['epochs'], lr=args['lr'], wd=args['wd'], warmup=args['warmup'], decay=args['decay'],
@@ -296,7 +314,7 @@ def train(
     built = make(args)                                         # data problems surface before the run folder exists
     return _fit('train', args, _run_dir(run, args), built, fit, st)
 
-# %% ../nbs/13_cli.ipynb #aec7330a
+# %% ../nbs/13_cli.ipynb #4b9f7f26
 def _weights_path(w) -> Path:
     p = Path(w).expanduser()
     if p.is_dir(): p = p/'model.safetensors'
@@ -370,7 +388,7 @@ def finetune(
     built = make(args)
     return _fit('finetune', args, _run_dir(run, args), built, fit, st)
 
-# %% ../nbs/13_cli.ipynb #80200eb2
+# %% ../nbs/13_cli.ipynb #7e48d351
 @call_parse(pos=['weights'])
 def evaluate(
     weights:str=None, # a run folder or a weights file (.safetensors)
@@ -399,7 +417,7 @@ def evaluate(
         Path(json_out).write_text(json.dumps({k: v for k, v in res.items() if k != 'confusion'} | dict(weights=str(p), data=data), indent=1))
     return 0
 
-# %% ../nbs/13_cli.ipynb #5d54b447
+# %% ../nbs/13_cli.ipynb #dba898af
 def _prepare(fns, model, stats):
     "Images from files as a normalised batch (a tensor `(B, C, H, W)`) at the model's resolution."
     import numpy as np, torch

@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Training-speed benchmark (not a test). Two measurements:
+
+(a) accuracy against wall-clock time of the main job: runs `vit-nb-train` (its defaults, plus any extra arguments
+    given after `--`) and reports the time of the first epoch reaching 90% and 92% Fashion-MNIST test accuracy;
+(b) fastai's overhead: the same model, data, optimiser hyper-parameters and number of steps trained by
+    `learn.fit_pretrain` (with its callbacks: schedule, clipping, recorder, checkpoint-free) and by a bare PyTorch loop,
+    interleaved in one process; reports the ratio of their best times.
+
+The machine is shared: report `uptime` with the figures; compare only ratios measured in one run.
+
+Usage: python benchmarks/train_speed.py [--skip-a] [--skip-b] [--steps 60] [-- extra vit-nb-train arguments]
+"""
+import argparse, json, os, subprocess, sys, tempfile, time
+from pathlib import Path
+
+def uptime():
+    try: return os.getloadavg()
+    except OSError: return None
+
+def bench_accuracy(extra):
+    out = Path(tempfile.mkdtemp())
+    exe = Path(sys.executable).parent/'vit-nb-train'
+    t0 = time.perf_counter()
+    r = subprocess.run([str(exe), '--no-bar', '--out', str(out), '--name', 'bench', *extra], text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode: sys.exit(f"vit-nb-train failed with status {r.returncode}")
+    m = json.loads((out/'bench'/'metrics.json').read_text())
+    setup = wall - m['train_seconds'] - 0          # start-up, data, evaluation and writing outside the fit
+    res = dict(wall_seconds=round(wall, 1), train_seconds=m['train_seconds'], test_accuracy=m['test_accuracy'],
+               params=m['params'], args={k: v for k, v in m['args'].items() if v is not None},
+               epochs=[(e['epoch'], e['seconds'], round(e['accuracy'], 4)) for e in m['epochs']])
+    for thr in (0.90, 0.92):
+        hit = next((e for e in m['epochs'] if e['accuracy'] >= thr), None)
+        res[f'first_epoch_at_{thr:.2f}'] = None if hit is None else dict(epoch=hit['epoch'], fit_seconds=hit['seconds'],
+                                                                          wall_seconds_est=round(hit['seconds'] + setup, 1))
+    return res
+
+def bench_overhead(steps, arch='vit_mini_patch4_28', bs=128, n_rep=3, **over):
+    import torch
+    from fastai.torch_core import set_seed
+    from vit_nb.data import fashion_mnist, tensor_dls
+    from vit_nb.learner import vit_learner
+    set_seed(0)
+    dls = tensor_dls(fashion_mnist(), bs=bs, n_train=steps * bs, n_valid=2 * bs)
+    learn = vit_learner(dls, arch, label_smoothing=0.1, config=over or None)
+    model = learn.model
+    def fastai_epoch():
+        with learn.no_bar(), learn.no_logging(): learn.fit_pretrain(1, lr=1e-3, wd=0.05, warmup=0.1, decay='cos', clip=1.)
+    def bare_epoch():                      # what a hand-written loop does: same batches, AdamW, warm-up+cosine, clipping
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+        n = len(dls.train); w = max(1, int(0.1 * n))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / w if s < w else 0.5 * (1 + __import__('math').cos(__import__('math').pi * (s - w) / (n - w))))
+        lf = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        model.train()
+        for xb, yb in dls.train:
+            xb, yb = xb.as_subclass(torch.Tensor), yb.as_subclass(torch.Tensor)    # plain tensors, as a bare loop has
+            loss = lf(model(xb), yb); loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.); opt.step(); sched.step(); opt.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            for xb, yb in dls.valid: lf(model(xb.as_subclass(torch.Tensor)), yb.as_subclass(torch.Tensor))
+    best = dict(fastai=9e9, bare=9e9)
+    for _ in range(n_rep):
+        for k, f in (('fastai', fastai_epoch), ('bare', bare_epoch)):
+            t0 = time.perf_counter(); f(); best[k] = min(best[k], time.perf_counter() - t0)
+    return dict(steps=len(dls.train), bs=bs, arch=arch, overrides=over, fastai_s=round(best['fastai'], 2),
+                bare_s=round(best['bare'], 2), ratio=round(best['fastai'] / best['bare'], 3))
+
+if __name__ == '__main__':
+    argv = sys.argv[1:]
+    extra = argv[argv.index('--') + 1:] if '--' in argv else []
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--skip-a', action='store_true'); p.add_argument('--skip-b', action='store_true')
+    p.add_argument('--steps', type=int, default=60)
+    a = p.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
+    res = dict(load_before=uptime())
+    if not a.skip_b: res['overhead'] = bench_overhead(a.steps); print(json.dumps(res['overhead']), flush=True)
+    if not a.skip_a: res['accuracy'] = bench_accuracy(extra)
+    res['load_after'] = uptime()
+    print(json.dumps(res, indent=1))
