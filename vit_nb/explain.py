@@ -11,7 +11,7 @@ __all__ = ['embedding_filters', 'embedding_filter_pcs', 'show_filter_pcs', 'pos_
            'query_map', 'attention_maps', 'upsample_map', 'show_attention_maps', 'load_vit', 'load_image',
            'explain_images', 'explain_cli']
 
-# %% ../nbs/30_explain.ipynb #4286e8a7
+# %% ../nbs/30_explain.ipynb #b89ecd6e
 import io, json, math, os
 from pathlib import Path
 import numpy as np
@@ -24,7 +24,7 @@ from .patches import to_2tuple
 from .embeddings import sincos_2d
 from .model import ViT, ViTConfig, create_vit, PRESETS
 
-# %% ../nbs/30_explain.ipynb #0c01aed8
+# %% ../nbs/30_explain.ipynb #d0673c34
 def embedding_filters(model:nn.Module) -> Tensor: # `(D, C, P, P)`
     "The patch-embedding filter bank of a ViT, or a clear error for a model that does not embed pixel patches."
     pe = getattr(model, 'patch_embed', None)
@@ -39,7 +39,7 @@ def embedding_filters(model:nn.Module) -> Tensor: # `(D, C, P, P)`
                          "Attention maps, rollout and attention distances still apply.")
     return proj.weight.detach()
 
-# %% ../nbs/30_explain.ipynb #093b93c2
+# %% ../nbs/30_explain.ipynb #faefa054
 def embedding_filter_pcs(
     model:nn.Module, # a ViT (see `embedding_filters`)
     k:int=28, # number of components (Fig. 7 shows 28); at most `min(D, C*P*P)`
@@ -53,7 +53,7 @@ def embedding_filter_pcs(
     var = S**2
     return Vt[:k].reshape(k, C, P1, P2), var[:k] / var.sum()
 
-# %% ../nbs/30_explain.ipynb #e5d767b4
+# %% ../nbs/30_explain.ipynb #b94f8898
 def _to_display(x:Tensor) -> np.ndarray:
     "An image `(C, H, W)` as an array for `imshow`: `(H, W)` for one channel, `(H, W, 3)` for three, else the channel mean."
     x = x.detach().float().cpu()
@@ -79,7 +79,7 @@ def show_filter_pcs(
     fig.tight_layout()
     return fig
 
-# %% ../nbs/30_explain.ipynb #543348bb
+# %% ../nbs/30_explain.ipynb #12defec7
 def pos_embed_table(model:nn.Module) -> Tensor: # `(gh, gw, D)`: the embedding of every patch position
     "The position embeddings of the patch positions (class token excluded), on the patch grid."
     kind = getattr(getattr(model, 'cfg', None), 'pos_embed', 'learn')
@@ -103,7 +103,7 @@ def pos_embed_similarity(model:nn.Module) -> Tensor: # `(gh, gw, gh, gw)`: `[r, 
     E = F.normalize(E.reshape(gh * gw, D), dim=1)                     # N,D unit rows
     return (E @ E.T).reshape(gh, gw, gh, gw)
 
-# %% ../nbs/30_explain.ipynb #48c04104
+# %% ../nbs/30_explain.ipynb #f30d2dfa
 def _mosaic(maps:np.ndarray) -> np.ndarray:
     "Tile maps `(R, C, h, w)` into one image with a blank (NaN) line between them."
     R, C, h, w = maps.shape
@@ -129,7 +129,7 @@ def show_pos_similarity(
     ax.set_title("Position embedding similarity", fontsize=9)
     return fig
 
-# %% ../nbs/30_explain.ipynb #87a06973
+# %% ../nbs/30_explain.ipynb #e0d0b676
 def get_attention(
     model:nn.Module, # a ViT (anything whose `forward_features` takes `return_attn=True`)
     x:Tensor, # normalised images `(B, C, H, W)`
@@ -154,7 +154,7 @@ def token_grid(
         raise ValueError(f"{num_patches} tokens are not a grid with the aspect of a {H}x{W} image")
     return (gh, gw), (H / gh, W / gw)
 
-# %% ../nbs/30_explain.ipynb #57bca625
+# %% ../nbs/30_explain.ipynb #637d1709
 def patch_centres(
     grid, # `(gh, gw)`
     stride=(1., 1.), # pixels per token `(sy, sx)`
@@ -178,7 +178,7 @@ def attention_distance(
     if renorm: a = a / a.sum(-1, keepdim=True)
     return (a * dist).sum(-1).mean(-1).float()                        # B,h
 
-# %% ../nbs/30_explain.ipynb #454be111
+# %% ../nbs/30_explain.ipynb #9267ae45
 def mean_attention_distance(
     model:nn.Module, # a ViT or hybrid
     images:Tensor, # normalised images `(B, C, H, W)` (the paper: 128)
@@ -197,7 +197,7 @@ def mean_attention_distance(
         total = d if total is None else total + d
     return total / len(images)
 
-# %% ../nbs/30_explain.ipynb #6e34ab42
+# %% ../nbs/30_explain.ipynb #ffa7c04d
 def uniform_attention_distance(
     grid, # the token grid `(gh, gw)`
     stride=(1., 1.), # pixels per token `(sy, sx)`
@@ -224,7 +224,7 @@ def show_attention_distance(
     ax.set_title("Mean attention distance" + (f" ({to_2tuple(img_size)[0]}x{to_2tuple(img_size)[1]} images)" if img_size else ""), fontsize=9)
     return fig
 
-# %% ../nbs/30_explain.ipynb #1db1907c
+# %% ../nbs/30_explain.ipynb #345b0bc4
 def attention_rollout(
     attns:list, # `L` attention maps `(B, h, T, T)`, first layer first
     residual:bool=True, # add the identity for the residual connection
@@ -241,7 +241,7 @@ def attention_rollout(
         R = A if R is None else A @ R                                 # later layers act on the left
     return R.float()
 
-# %% ../nbs/30_explain.ipynb #da29fef2
+# %% ../nbs/30_explain.ipynb #a74560d1
 def query_map(
     A:Tensor, # attention or rollout `(..., T, T)`
     grid, # the token grid `(gh, gw)`
@@ -263,7 +263,7 @@ def attention_maps(
     grid, _ = token_grid(x.shape[-2:], attns[0].shape[-1] - k)
     return query_map(attns[layer], grid, k), query_map(attention_rollout(attns), grid, k)
 
-# %% ../nbs/30_explain.ipynb #79d49bea
+# %% ../nbs/30_explain.ipynb #f76e6ca5
 def upsample_map(
     m:Tensor, # maps `(..., gh, gw)`
     size, # the image size `(H, W)`
@@ -305,7 +305,7 @@ def show_attention_maps(
     fig.tight_layout(pad=0.2, w_pad=0.1, h_pad=0.3)
     return fig
 
-# %% ../nbs/30_explain.ipynb #cfdebffa
+# %% ../nbs/30_explain.ipynb #34f74be6
 _CFG_FIELDS = set(ViTConfig.__dataclass_fields__)
 
 def _find_info(d:dict) -> dict:
@@ -320,7 +320,7 @@ def _find_info(d:dict) -> dict:
         if 'vocab' not in info and isinstance(c.get('vocab'), (list, tuple)): info['vocab'] = [str(v) for v in c['vocab']]
     return info
 
-# %% ../nbs/30_explain.ipynb #5f041086
+# %% ../nbs/30_explain.ipynb #cc4d69f9
 def _weights_file(path:Path) -> Path:
     "`path` if it is a file, else the safetensors weights in the folder `path` (`model.safetensors` or `weights.safetensors` first)."
     if path.is_file(): return path
@@ -365,7 +365,7 @@ def _build(cfg:dict) -> ViT:
     bcfg = BackboneConfig(**tup(cfg['backbone']))
     return HybridViT(ViTConfig(**{**vkw, 'patch_size': bcfg.stride}), bcfg)   # a hybrid's patch is its backbone's stride
 
-# %% ../nbs/30_explain.ipynb #cb588e22
+# %% ../nbs/30_explain.ipynb #7dab7186
 def _load_weights(model:ViT, wf:Path) -> ViT:
     if wf.suffix == '.safetensors':
         from safetensors.torch import load_file
@@ -404,7 +404,7 @@ def load_vit(
         raise ValueError(f"the normalisation found for {wf} has {len(mean)} means and {len(std)} stds for a {C}-channel model")
     return model.eval(), dict(mean=mean, std=std, vocab=info.get('vocab'))
 
-# %% ../nbs/30_explain.ipynb #230ba035
+# %% ../nbs/30_explain.ipynb #093e93ea
 def load_image(
     fn, # an image file PIL can read
     size, # the model's `(H, W)`
@@ -428,7 +428,7 @@ def load_image(
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255)
     return (x[None] if in_chans == 1 else x.permute(2, 0, 1)).clamp(0, 1).contiguous()
 
-# %% ../nbs/30_explain.ipynb #cb03a9ab
+# %% ../nbs/30_explain.ipynb #42b3f97c
 def explain_images(
     model:nn.Module, # a ViT or hybrid, with `cfg.img_size` and `cfg.in_chans`
     files:list, # image files
@@ -469,7 +469,7 @@ def explain_images(
         tmp.write_bytes(data); os.replace(tmp, out/name); written.append(out/name)
     return written
 
-# %% ../nbs/30_explain.ipynb #fef0f1a1
+# %% ../nbs/30_explain.ipynb #dbe6ff36
 def _floats(s): return None if s is None else [float(v) for v in str(s).replace(',', ' ').split()]
 
 @call_parse
