@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from torchvision.models import resnet as tvr
 from .patches import to_2tuple
-from .model import ViTConfig, ViT, PRESETS
+from .model import ViTConfig, ViT, PRESETS, check_preset
 
 # %% ../nbs/05_hybrid.ipynb #50dc0df0
 class StdConv2d(nn.Conv2d):
@@ -219,10 +219,7 @@ def create_hybrid(
     **overrides, # any `ViTConfig` or `BackboneConfig` field, e.g. `num_classes=10, img_size=384, stages=2`
 ) -> HybridViT:
     "Build the hybrid preset `name`, with any `ViTConfig` / `BackboneConfig` fields overridden."
-    if name not in HYBRID_PRESETS:
-        close = difflib.get_close_matches(name, HYBRID_PRESETS, n=3, cutoff=0.5)
-        raise ValueError(f"unknown hybrid preset {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-                         + f" Presets: {', '.join(HYBRID_PRESETS)}")
+    check_preset(name, HYBRID_PRESETS, 'hybrid preset')
     vit_f, bb_f = {f.name for f in fields(ViTConfig)}, {f.name for f in fields(BackboneConfig)}
     bad = sorted(set(overrides) - vit_f - bb_f)
     if bad: raise TypeError(f"unknown field(s) {bad}; ViTConfig fields: {', '.join(sorted(vit_f))}; "

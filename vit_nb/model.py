@@ -6,7 +6,7 @@ Docs: https://vit-nb.github.io/vit_nb/model.html.md"""
 
 # %% auto #0
 __all__ = ['VIT_SIZES', 'PRESETS', 'ViTConfig', 'ViT', 'init_weights', 'embed', 'forward_features', 'forward_head', 'forward',
-           'reset_head', 'set_img_size', 'create_vit']
+           'reset_head', 'set_img_size', 'check_preset', 'create_vit']
 
 # %% ../nbs/04_model.ipynb #c50b9ff7
 import difflib, math
@@ -211,15 +211,19 @@ PRESETS.update(  # CPU-sized models for small images, 10 classes
     vit_micro_patch2_8=dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128),
 )
 
+def check_preset(name:str, presets:dict, what:str='preset'):
+    "Raise a `ValueError` naming the closest matches when `name` is not a key of `presets`."
+    if name in presets: return
+    close = difflib.get_close_matches(name, presets, n=3, cutoff=0.5)
+    raise ValueError(f"unknown {what} {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                     + f" Presets: {', '.join(presets)}")
+
 def create_vit(
     name:str='vit_mini_patch4_28', # a key of `PRESETS`
     **overrides, # any `ViTConfig` field, e.g. `num_classes=10, img_size=384`
 ) -> ViT:
     "Build the preset `name`, with any `ViTConfig` fields overridden."
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3, cutoff=0.5)
-        raise ValueError(f"unknown preset {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-                         + f" Presets: {', '.join(PRESETS)}")
+    check_preset(name, PRESETS)
     known = {f.name for f in fields(ViTConfig)}
     bad = sorted(set(overrides) - known)
     if bad: raise TypeError(f"unknown ViTConfig field(s) {bad}; fields are: {', '.join(sorted(known))}")
