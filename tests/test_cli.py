@@ -9,7 +9,7 @@ import torch
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
 TINY = ['--data', 'digits', '--arch', 'vit_micro_patch2_8', '--bs', '64', '--lr', '3e-3', '--threads', '1']
-SMALL = ['--epochs', '3', '--subset', '640', '--no-bar']
+SMALL = ['--epochs', '3', '--subset', '640', '--no-bar', '--aug']   # augmented: resume must restore its random state too
 
 
 def run(cmd, *args, timeout=600, **kw):
@@ -67,6 +67,7 @@ def test_train_outputs(trained):
     m = json.loads((run_dir/'metrics.json').read_text())
     assert len(m['epochs']) == 3 and m['n_test'] == 359 and m['n_train'] == 640 and 0 <= m['test_accuracy'] <= 1
     assert (run_dir/'training_curve.png').read_bytes()[:4] == b'\x89PNG'
+    assert json.loads((run_dir/'config.json').read_text())['args']['aug'] is True
     # a second run never reuses a folder
     r2 = run('train', *TINY, '--epochs', '1', '--out', run_dir.parent, '--name', 'run')
     assert r2.returncode == 2 and 'exists already' in r2.stderr

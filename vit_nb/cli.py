@@ -252,8 +252,8 @@ def _check_common(epochs, bs, lr, subset, threads):
 def train(
     data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
     data_path:str=None, # folder with the Fashion-MNIST IDX files (default: searched; see vit_nb.data)
-    arch:str='vit_mini_patch4_28', # model preset (see vit_nb.model.PRESETS)
-    epochs:int=10, # training epochs
+    arch:str='vit_mini_patch7_28', # model preset (see vit_nb.model.PRESETS)
+    epochs:int=6, # training epochs
     bs:int=128, # batch size
     lr:float=2e-3, # peak learning rate (Adam)
     wd:float=0.05, # decoupled weight decay
@@ -264,6 +264,7 @@ def train(
     mixup:float=0., # MixUp alpha (0: off)
     cutmix:float=0., # CutMix alpha (0: off)
     drop_path:float=0., # stochastic depth rate
+    aug:bool=False, # augment training batches with the data set's default (crop, flip, small affine): for long runs
     patch_size:int=None, # override the preset's patch size `P`
     dim:int=None, # override the preset's width `D`
     depth:int=None, # override the preset's number of blocks `L`
@@ -300,7 +301,8 @@ def train(
     from vit_nb.learner import vit_learner
 
     def make(a):
-        dls, vocab, stats = _data(a['data'], a['data_path'], a['size'], a['bs'], a['subset'], a['n_valid'], a['seed'])
+        dls, vocab, stats = _data(a['data'], a['data_path'], a['size'], a['bs'], a['subset'], a['n_valid'], a['seed'],
+                                  aug=a.get('aug', True))    # runs saved before --aug existed were augmented
         over = {k: a.get(k) for k in ('patch_size', 'dim', 'depth', 'heads', 'mlp_dim') if a.get(k)}
         if a['drop_path']: over['drop_path_rate'] = a['drop_path']
         try: learn = vit_learner(dls, a['arch'], label_smoothing=a['label_smoothing'], mixup=a['mixup'], cutmix=a['cutmix'],
