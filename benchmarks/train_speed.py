@@ -11,7 +11,7 @@ The machine is shared: report `uptime` with the figures; compare only ratios mea
 
 Usage: python benchmarks/train_speed.py [--skip-a] [--skip-b] [--steps 60] [-- extra vit-nb-train arguments]
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, math, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 def uptime():
@@ -26,7 +26,7 @@ def bench_accuracy(extra):
     wall = time.perf_counter() - t0
     if r.returncode: sys.exit(f"vit-nb-train failed with status {r.returncode}")
     m = json.loads((out/'bench'/'metrics.json').read_text())
-    setup = wall - m['train_seconds'] - 0          # start-up, data, evaluation and writing outside the fit
+    setup = wall - m['train_seconds']              # start-up, data, evaluation and writing outside the fit
     res = dict(wall_seconds=round(wall, 1), train_seconds=m['train_seconds'], test_accuracy=m['test_accuracy'],
                params=m['params'], args={k: v for k, v in m['args'].items() if v is not None},
                epochs=[(e['epoch'], e['seconds'], round(e['accuracy'], 4)) for e in m['epochs']])
@@ -50,7 +50,7 @@ def bench_overhead(steps, arch='vit_mini_patch7_28', bs=128, n_rep=3, **over):
     def bare_epoch():                      # what a hand-written loop does: same batches, AdamW, warm-up+cosine, clipping
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
         n = len(dls.train); w = max(1, int(0.1 * n))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / w if s < w else 0.5 * (1 + __import__('math').cos(__import__('math').pi * (s - w) / (n - w))))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / w if s < w else 0.5 * (1 + math.cos(math.pi * (s - w) / (n - w))))
         lf = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
         model.train()
         for xb, yb in dls.train:

@@ -188,9 +188,8 @@ def _setup(threads):
     "Thread count; under `torchrun`, join the process group (see `vit_nb.distributed`)."
     import torch
     if threads: torch.set_num_threads(threads)
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1:
-        from vit_nb.distributed import init_distributed
-        init_distributed()
+    from vit_nb.distributed import rank_info, init_distributed
+    if rank_info()[1] > 1: init_distributed()
 
 def _run_dir(run, args) -> Path:
     "The run folder: `run` when resuming, else a new one, made by rank 0 and shared with the other ranks."
@@ -289,8 +288,9 @@ def train(
         print(f"resuming {run} from epoch {st['epoch'] + 1}, batch {st['iter']}", flush=True)
     else:
         _check_common(epochs, bs, lr, subset, threads)
-        from vit_nb.model import PRESETS
-        _check(arch in PRESETS, f"--arch {arch!r} is not a preset; presets: {', '.join(PRESETS)}")
+        from vit_nb.model import PRESETS, check_preset
+        try: check_preset(arch, PRESETS)
+        except ValueError as e: raise UsageError(f"--arch {arch!r} is not a preset: {e}") from None
         _check(decay in ('cos', 'linear'), f"--decay must be 'cos' or 'linear', got {decay!r}")
         _check(precision in ('auto', 'fp32', 'bf16', 'fp16'), f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
         _check(not (mixup and cutmix), "use --mixup or --cutmix, not both")

@@ -9,7 +9,6 @@ __all__ = ['RESNETS', 'HYBRID_PRESETS', 'StdConv2d', 'to_std_conv', 'BackboneCon
            'hybrid_grid', 'HybridEmbed', 'HybridViT', 'create_hybrid']
 
 # %% ../nbs/05_hybrid.ipynb #46285ef3
-import difflib
 from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 from functools import partial
