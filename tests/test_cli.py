@@ -91,6 +91,26 @@ def test_evaluate_predict_finetune(trained, tmp_path):
     assert cfg['img_size'] == [16, 16]
 
 
+
+def test_hybrid_train_finetune_evaluate(tmp_path):
+    "A hybrid preset (§3.1) from the command line: its weights reload as a hybrid, at the training and a higher resolution."
+    r = run('train', '--data', 'digits', '--arch', 'vit_mini_resnet18_s4_28', '--depth', '1', '--epochs', '1', '--bs', '64',
+            '--subset', '320', '--threads', '1', '--no-bar', '--out', tmp_path, '--name', 'h')
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path/'h'/'config.json').read_text())['model']
+    assert cfg['backbone']['arch'] == 'resnet18' and cfg['patch_size'] == 4 and cfg['depth'] == 1
+    acc = json.loads((tmp_path/'h'/'metrics.json').read_text())['test_accuracy']
+    r = run('evaluate', tmp_path/'h', '--data', 'digits', '--json-out', tmp_path/'ev.json', '--threads', '1')
+    assert r.returncode == 0, r.stderr
+    assert abs(json.loads((tmp_path/'ev.json').read_text())['accuracy'] - acc) < 1e-6
+    r = run('finetune', tmp_path/'h', '--data', 'digits', '--size', '16', '--epochs', '1', '--subset', '320',
+            '--threads', '1', '--no-bar', '--out', tmp_path, '--name', 'hf')
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path/'hf'/'config.json').read_text())['model']
+    assert cfg['img_size'] == [16, 16] and cfg['backbone']['arch'] == 'resnet18'
+    r = run('train', '--data', 'digits', '--arch', 'vit_mini_resnet18_s4_28', '--patch-size', '2', '--out', tmp_path/'x')
+    assert r.returncode == 2 and "a hybrid's patch size is its backbone's stride" in r.stderr, r.stderr
+
 def _interrupt(tmp_path, name, sig):
     "Start a run like the reference, send `sig` once its first checkpoint exists; the finished process."
     proc = subprocess.Popen([str(BIN/'vit-nb-train'), *TINY, *SMALL, '--out', str(tmp_path), '--name', name],

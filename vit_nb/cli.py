@@ -158,6 +158,7 @@ def write_outputs(learn, run:Path, res:dict, vocab, stats, args:dict, seconds:fl
     m = getattr(learn.model, 'module', learn.model)
     save_weights(m, run/'model.safetensors', metadata={'vit_nb.vocab': json.dumps(vocab), 'vit_nb.stats': json.dumps(stats)})
     cfg = dict(m.cfg.__dict__)
+    if (bb := getattr(m, 'backbone_cfg', None)) is not None: cfg['backbone'] = bb.__dict__   # a hybrid's CNN
     (run/'config.json').write_text(json.dumps(dict(model=cfg, command=command, args=args), indent=1, default=str))
     names = list(learn.recorder.metric_names[1:-1])
     times = [None] * (len(hist[1]) - len(hist[2])) + list(hist[2])    # a resumed run times only its own epochs
@@ -251,7 +252,7 @@ def _check_common(epochs, bs, lr, subset, threads):
 def train(
     data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
     data_path:str=None, # folder with the Fashion-MNIST IDX files (default: searched; see vit_nb.data)
-    arch:str='vit_mini_patch7_28', # model preset (see vit_nb.model.PRESETS)
+    arch:str='vit_mini_patch7_28', # model preset: vit_nb.model.PRESETS, or a hybrid of vit_nb.hybrid.HYBRID_PRESETS
     epochs:int=6, # training epochs
     bs:int=128, # batch size
     lr:float=2e-3, # peak learning rate (Adam)
@@ -289,7 +290,8 @@ def train(
     else:
         _check_common(epochs, bs, lr, subset, threads)
         from vit_nb.model import PRESETS, check_preset
-        try: check_preset(arch, PRESETS)
+        from vit_nb.hybrid import HYBRID_PRESETS
+        try: check_preset(arch, PRESETS | HYBRID_PRESETS)
         except ValueError as e: raise UsageError(f"--arch {arch!r} is not a preset: {e}") from None
         _check(decay in ('cos', 'linear'), f"--decay must be 'cos' or 'linear', got {decay!r}")
         _check(precision in ('auto', 'fp32', 'bf16', 'fp16'), f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")

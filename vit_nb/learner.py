@@ -24,7 +24,8 @@ from fastai.callback.training import GradientClip
 from fastai.callback.mixup import MixUp, CutMix
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
-from .model import ViT, ViTConfig, create_vit, PRESETS
+from .model import ViT, ViTConfig, create_vit, PRESETS, check_preset
+from .hybrid import HYBRID_PRESETS, create_hybrid
 from .patches import to_2tuple
 
 # %% ../nbs/11_learner.ipynb #bf4ad3ca
@@ -74,10 +75,10 @@ def _build_model(arch, in_chans, img_size, num_classes, config, new_head):
         if new_head or (num_classes and num_classes != model.cfg.num_classes): model.reset_head(num_classes or model.cfg.num_classes)
         if to_2tuple(img_size) != to_2tuple(model.cfg.img_size): model.set_img_size(to_2tuple(img_size))
         return model
-    base = PRESETS[arch] if isinstance(arch, str) and arch in PRESETS else None
-    if isinstance(arch, str) and base is None: create_vit(arch)    # the error names the presets
+    if isinstance(arch, str): check_preset(arch, PRESETS | HYBRID_PRESETS)   # the error names the nearest presets
     kw = dict(in_chans=in_chans, img_size=img_size, **({'num_classes': num_classes} if num_classes else {}), **config)
     if isinstance(arch, ViTConfig): return ViT(arch, **kw)
+    if arch in HYBRID_PRESETS: return create_hybrid(arch, **kw)    # §3.1: a CNN's feature map as the input sequence
     return create_vit(arch, **kw)
 
 def _precision(learn, precision:str):
@@ -91,7 +92,7 @@ def _precision(learn, precision:str):
 # %% ../nbs/11_learner.ipynb #feebae82
 def vit_learner(
     dls, # fastai `DataLoaders` of images `(B, C, H, W)` and integer labels
-    arch='vit_mini_patch4_28', # a `PRESETS` name, a `ViTConfig`, or a `ViT` to adapt (e.g. pre-trained)
+    arch='vit_mini_patch4_28', # a `PRESETS` or `HYBRID_PRESETS` name, a `ViTConfig`, or a `ViT` to adapt (e.g. pre-trained)
     num_classes:int=None, # `K`; default: from `dls` (`dls.c`)
     img_size=None, # training resolution; default: the data's
     new_head:bool=False, # give a `ViT` a new zero-initialised classifier (fine-tuning, §3.2)

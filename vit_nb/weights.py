@@ -12,7 +12,7 @@ __all__ = ['LAYOUTS', 'CONVERTERS', 'read_weights', 'strip_prefixes', 'detect_la
 # %% ../nbs/06_weights.ipynb #79ebffcd
 import json, os, pickle, re, tempfile, warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
@@ -335,13 +335,18 @@ def load_pretrained(
 # %% ../nbs/06_weights.ipynb #cbbce0b4
 _CONFIG_KEY = 'vit_nb.config'
 
-def _saved_config(src):
-    "The `ViTConfig` stored in a `save_weights` file's metadata, or None."
+def _saved_meta(src) -> dict|None:
+    "The model configuration a `save_weights` file stores in its metadata, as a dict, or None."
     if isinstance(src, Mapping) or Path(src).suffix.lower() != '.safetensors': return None
     from safetensors import safe_open
     with safe_open(str(src), 'pt') as f: meta = f.metadata() or {}
-    if _CONFIG_KEY not in meta: return None
-    d = json.loads(meta[_CONFIG_KEY])
+    return json.loads(meta[_CONFIG_KEY]) if _CONFIG_KEY in meta else None
+
+def _saved_config(src):
+    "The `ViTConfig` stored in a `save_weights` file's metadata, or None."
+    d = _saved_meta(src)
+    if d is None: return None
+    d = {k: v for k, v in d.items() if k != 'backbone'}            # a hybrid's CNN is configured apart
     if isinstance(d.get('img_size'), list): d['img_size'] = tuple(d['img_size'])
     return ViTConfig(**d)
 
@@ -387,6 +392,21 @@ def infer_config(
     if 'heads' not in kw and 'heads' not in overrides: kw['heads'] = _guess_heads(D)
     return ViTConfig(**{**kw, **overrides})
 
+def _hybrid_from_saved(src, sd, cfg, backbone:dict, overrides:dict):
+    "The `HybridViT` (§3.1) a `save_weights` file was written from, with its weights; then a new head or resolution."
+    from vit_nb.hybrid import HybridViT, BackboneConfig
+    bad = sorted(set(overrides) - {'num_classes', 'img_size'})
+    if bad: raise ValueError(f"{src} holds a hybrid: it loads with its saved configuration; only num_classes and "
+                             f"img_size can change while loading, not {bad}")
+    model = HybridViT(cfg, BackboneConfig(**backbone))
+    missing, unexpected = model.load_state_dict(strip_prefixes(sd), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"the weights in {src} do not fit the hybrid their metadata describes: "
+                         f"missing {_summarise(missing)}; unexpected {_summarise(unexpected)}")
+    if overrides.get('num_classes', cfg.num_classes) != cfg.num_classes: model.reset_head(overrides['num_classes'])
+    if 'img_size' in overrides: model.set_img_size(overrides['img_size'])
+    return model
+
 def vit_from_checkpoint(
     src, # a state dict or weights file
     layout:str=None, # as in `load_pretrained`
@@ -394,12 +414,15 @@ def vit_from_checkpoint(
     verbose:bool=False, # print `load_pretrained`'s notes
     **overrides, # `ViTConfig` fields, e.g. `heads=12`, or `num_classes=10` / `img_size=384` to adapt while loading
 ) -> ViT:
-    "Build the `ViT` that `src` was saved from (see `infer_config`) and load its weights."
+    "Build the `ViT` (or `HybridViT`) that `src` was saved from (see `infer_config`) and load its weights."
     sd = src if isinstance(src, Mapping) else read_weights(src)
     cfg = _saved_config(src) or infer_config(sd, layout, ckpt_grid, **({'heads': overrides['heads']} if 'heads' in overrides else {}))
+    if (backbone := (_saved_meta(src) or {}).get('backbone')) is not None:
+        return _hybrid_from_saved(src, sd, cfg, backbone, overrides).eval()
     model = ViT(ViTConfig(**{**cfg.__dict__, **overrides}))
     load_pretrained(model, sd, layout=layout, ckpt_grid=ckpt_grid or cfg.grid, verbose=verbose)
     return model.eval()
+
 
 # %% ../nbs/06_weights.ipynb #6d9b9d4b
 def save_weights(
@@ -414,7 +437,10 @@ def save_weights(
     sd = model if isinstance(model, Mapping) else model.state_dict()
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     meta = {'format': 'pt', **(metadata or {})}
-    if isinstance(getattr(model, 'cfg', None), ViTConfig): meta[_CONFIG_KEY] = json.dumps(model.cfg.__dict__)
+    if isinstance(getattr(model, 'cfg', None), ViTConfig):
+        cfg = dict(model.cfg.__dict__)
+        if (bb := getattr(model, 'backbone_cfg', None)) is not None: cfg['backbone'] = asdict(bb)   # a hybrid's CNN
+        meta[_CONFIG_KEY] = json.dumps(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
