@@ -3,7 +3,7 @@
 
 (a) accuracy against wall-clock time of the main job: runs `vit-nb-train` (its defaults, plus any extra arguments
     given after `--`) and reports the time of the first epoch reaching 90% and 92% Fashion-MNIST test accuracy;
-(b) fastai's overhead: the main job's model (vit_mini_patch7_28), data, optimiser hyper-parameters and number of steps, trained by
+(b) fastai's overhead: the main job's model (vit_mini_conv_s8_32), data, optimiser hyper-parameters and number of steps, trained by
     `learn.fit_pretrain` (with its callbacks: schedule, clipping, recorder, checkpoint-free) and by a bare PyTorch loop,
     interleaved in one process; reports the ratio of their best times.
 
@@ -36,13 +36,14 @@ def bench_accuracy(extra):
                                                                           wall_seconds_est=round(hit['seconds'] + setup, 1))
     return res
 
-def bench_overhead(steps, arch='vit_mini_patch7_28', bs=128, n_rep=3, **over):
+def bench_overhead(steps, arch='vit_mini_conv_s8_32', bs=128, n_rep=3, **over):
     import torch
     from fastai.torch_core import set_seed
     from vit_nb.data import fashion_mnist, tensor_dls
     from vit_nb.learner import vit_learner
+    from vit_nb.cli import _preset_size
     set_seed(0)
-    dls = tensor_dls(fashion_mnist(), bs=bs, n_train=steps * bs, n_valid=2 * bs)
+    dls = tensor_dls(fashion_mnist(), bs=bs, size=_preset_size(arch), n_train=steps * bs, n_valid=2 * bs)   # resized as vit-nb-train does
     learn = vit_learner(dls, arch, label_smoothing=0.1, config=over or None)
     model = learn.model
     def fastai_epoch():

@@ -241,6 +241,12 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #b4a58e2c
+def _preset_size(arch:str):
+    "The resolution the preset `arch` is built for: the data is resized to it unless --size says otherwise."
+    from vit_nb.model import PRESETS
+    from vit_nb.hybrid import HYBRID_PRESETS
+    return PRESETS[arch]['img_size'] if arch in PRESETS else HYBRID_PRESETS[arch]['vit']['img_size']
+
 def _check_common(epochs, bs, lr, subset, threads):
     _check(epochs >= 1, f"--epochs must be at least 1, got {epochs}")
     _check(bs >= 1, f"--bs must be at least 1, got {bs}")
@@ -252,8 +258,8 @@ def _check_common(epochs, bs, lr, subset, threads):
 def train(
     data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
     data_path:str=None, # folder with the Fashion-MNIST IDX files (default: searched; see vit_nb.data)
-    arch:str='vit_mini_patch7_28', # model preset: vit_nb.model.PRESETS, or a hybrid of vit_nb.hybrid.HYBRID_PRESETS
-    epochs:int=6, # training epochs
+    arch:str='vit_mini_conv_s8_32', # model preset: vit_nb.model.PRESETS, or a hybrid of vit_nb.hybrid.HYBRID_PRESETS
+    epochs:int=5, # training epochs
     bs:int=128, # batch size
     lr:float=2e-3, # peak learning rate (Adam)
     wd:float=0.05, # decoupled weight decay
@@ -270,7 +276,7 @@ def train(
     depth:int=None, # override the preset's number of blocks `L`
     heads:int=None, # override the preset's number of heads `h`
     mlp_dim:int=None, # override the preset's MLP size
-    size:int=None, # image size (default: the data's; needed for image folders)
+    size:int=None, # image size (default: the preset's, e.g. 32: Fashion-MNIST is resized)
     subset:int=None, # train on a class-balanced subset of this many images
     n_valid:int=None, # evaluate on a class-balanced subset of this many test images
     out:str='runs', # parent folder of the run folders
@@ -303,8 +309,8 @@ def train(
     from vit_nb.learner import vit_learner
 
     def make(a):
-        dls, vocab, stats = _data(a['data'], a['data_path'], a['size'], a['bs'], a['subset'], a['n_valid'], a['seed'],
-                                  aug=a.get('aug', True))    # runs saved before --aug existed were augmented
+        dls, vocab, stats = _data(a['data'], a['data_path'], a['size'] or _preset_size(a['arch']), a['bs'], a['subset'],
+                                  a['n_valid'], a['seed'], aug=a.get('aug', True))    # runs saved before --aug existed were augmented
         over = {k: a.get(k) for k in ('patch_size', 'dim', 'depth', 'heads', 'mlp_dim') if a.get(k)}
         if a['drop_path']: over['drop_path_rate'] = a['drop_path']
         try: learn = vit_learner(dls, a['arch'], label_smoothing=a['label_smoothing'], mixup=a['mixup'], cutmix=a['cutmix'],
