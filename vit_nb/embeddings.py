@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .patches import patchify, grid_size, to_2tuple
+from fastcore.basics import patch
+from .patches import grid_size, to_2tuple
 
 # %% ../nbs/01_embeddings.ipynb #34f107a1
 class PatchEmbed(nn.Module):
@@ -98,6 +99,19 @@ class RelPosBias(nn.Module):
             index = rel_pos_index(grid, self.class_token).to(table.device)
         T = index.shape[0]
         return table[index.flatten()].reshape(T, T, -1).permute(2, 0, 1)   # h,T,T
+
+# %% ../nbs/01_embeddings.ipynb #fff57664
+@patch
+def resample(self:RelPosBias,
+    new_grid, # the new patch grid `(H'/P, W'/P)`
+) -> RelPosBias: # a module for `new_grid`, same heads and class-token setting, on the same device
+    "A new `RelPosBias` for `new_grid` whose table holds this one's biases resampled in 2-D."
+    new_grid = to_2tuple(new_grid)
+    heads = self.table.shape[1]
+    new = RelPosBias(new_grid, heads, self.class_token).to(self.table.device, self.table.dtype)
+    with torch.no_grad():
+        new.table[new.index.flatten()] = self(new_grid).permute(1, 2, 0).reshape(-1, heads)   # h,T,T -> T*T,h
+    return new
 
 # %% ../nbs/01_embeddings.ipynb #d4d7f6ce
 def resample_pos_embed(
