@@ -30,6 +30,7 @@ class Attention(nn.Module):
     def __init__(self,
         dim:int, # `D`, token width
         heads:int, # `h`; the head width is `d = D/h`
+        *, # the rest by keyword only, so that two rates can never swap silently
         qkv_bias:bool=True, # bias in the qkv projection
         attn_drop:float=0., # dropout on the attention weights
         proj_drop:float=0., # dropout after the output projection

@@ -52,6 +52,7 @@ class Block(nn.Module):
     def __init__(self,
         dim:int, # `D`
         heads:int, # `h`
+        *, # the rest by keyword only, so that two rates can never swap silently
         mlp_dim:int, # MLP size
         qkv_bias:bool=True, # bias in the qkv projection
         drop:float=0., # dropout after dense layers (not qkv)
@@ -64,9 +65,10 @@ class Block(nn.Module):
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads, qkv_bias, attn_drop, drop, fused_attn, rel_pos)
+        self.attn = Attention(dim=dim, heads=heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop,
+                              fused=fused_attn, rel_pos=rel_pos)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, mlp_dim, drop, act)
+        self.mlp = Mlp(dim=dim, hidden=mlp_dim, drop=drop, act=act)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x:Tensor, grid=None, return_attn:bool=False):
