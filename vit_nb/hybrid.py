@@ -6,7 +6,7 @@ Docs: https://vit-nb.github.io/vit_nb/hybrid.html.md"""
 
 # %% auto #0
 __all__ = ['RESNETS', 'HYBRID_PRESETS', 'StdConv2d', 'to_std_conv', 'BackboneConfig', 'conv_stem', 'make_backbone',
-           'load_backbone_weights', 'hybrid_grid', 'HybridEmbed', 'HybridViT', 'create_hybrid']
+           'load_backbone_weights', 'hybrid_grid', 'HybridEmbed', 'HybridViT', 'hybrid_from_config', 'create_hybrid']
 
 # %% ../nbs/05_hybrid.ipynb #46285ef3
 from collections import OrderedDict
@@ -18,6 +18,7 @@ from torch import nn, Tensor
 from torchvision.models import resnet as tvr
 from .patches import to_2tuple
 from .model import ViTConfig, ViT, PRESETS, check_preset
+from .weights import read_weights, strip_prefixes
 
 # %% ../nbs/05_hybrid.ipynb #50dc0df0
 class StdConv2d(nn.Conv2d):
@@ -122,21 +123,13 @@ def make_backbone(
     return to_std_conv(backbone) if cfg.std_conv else backbone
 
 # %% ../nbs/05_hybrid.ipynb #85f9ad39
-def _read_state_dict(src) -> dict:
-    if isinstance(src, dict): return src
-    src = str(src)
-    if src.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(src)
-    return torch.load(src, map_location='cpu', weights_only=True)
-
 def load_backbone_weights(
     backbone:nn.Module, # from `make_backbone`
-    src, # a state dict, or the path of a `.pth` / `.safetensors` file, in torchvision's ResNet layout
+    src, # a state dict or a weights file (as `vit_nb.weights.read_weights` reads them), in torchvision's ResNet layout
 ) -> nn.Module:
     "Load torchvision ResNet weights into a truncated backbone, checking every name and shape."
     kept = {n for n, _ in backbone.named_children()}
-    sd = {k.removeprefix('module.'): v for k, v in _read_state_dict(src).items()}
+    sd = strip_prefixes(read_weights(src))
     sd = {k: v for k, v in sd.items() if k.split('.')[0] in kept}   # drop fc and the stages cut off
     own = backbone.state_dict()
     w = sd.get('conv1.weight')
@@ -237,22 +230,30 @@ HYBRID_PRESETS.update(
     vit_mini_conv_s8_32=_hybrid('vit_mini_patch4_28', 32, dict(depth=4), arch='conv', widths=(32, 64, 128)),   # vit-nb-train's default
 )
 
+def hybrid_from_config(
+    cfg:dict, # `{'vit': ViTConfig fields, 'backbone': BackboneConfig fields}` (a value of `HYBRID_PRESETS`)
+    backbone_weights=None, # optional torchvision ResNet weights: a state dict or a local file
+    **overrides, # any `ViTConfig` or `BackboneConfig` field
+) -> HybridViT:
+    "A `HybridViT` from a configuration, with `ViTConfig` / `BackboneConfig` fields overridden; unknown names are refused."
+    vit_f, bb_f = {f.name for f in fields(ViTConfig)}, {f.name for f in fields(BackboneConfig)}
+    bad = sorted(set(overrides) - vit_f - bb_f)
+    if bad: raise TypeError(f"unknown field(s) {bad}; ViTConfig fields: {', '.join(sorted(vit_f))}; "
+                            f"BackboneConfig fields: {', '.join(sorted(bb_f))}")
+    bcfg = BackboneConfig(**{**cfg['backbone'], **{k: v for k, v in overrides.items() if k in bb_f}})
+    if 'stages' in overrides and 'layers' not in overrides and bcfg.layers is not None and len(bcfg.layers) != bcfg.stages:
+        bcfg = replace(bcfg, layers=None)                                 # torchvision's blocks for the new cut
+    vkw = {**cfg['vit'], **{k: v for k, v in overrides.items() if k in vit_f}}
+    if isinstance(vkw.get('img_size'), list): vkw['img_size'] = tuple(vkw['img_size'])   # from JSON
+    kw = {'patch_size': vkw.pop('patch_size')} if 'patch_size' in vkw else {}  # HybridViT refuses one that is not the stride
+    hybrid_grid(vkw.get('img_size', 224), bcfg.stride)
+    return HybridViT(ViTConfig(**vkw, patch_size=bcfg.stride), bcfg, backbone_weights, **kw)
+
 def create_hybrid(
     name:str='vit_mini_resnet18_s4_32', # a key of `HYBRID_PRESETS`
     backbone_weights=None, # optional torchvision ResNet weights: a state dict or a local file
     **overrides, # any `ViTConfig` or `BackboneConfig` field, e.g. `num_classes=10, img_size=384, stages=2`
 ) -> HybridViT:
-    "Build the hybrid preset `name`, with any `ViTConfig` / `BackboneConfig` fields overridden."
+    "Build the hybrid preset `name`, with any `ViTConfig` / `BackboneConfig` fields overridden (`vit_nb.factory.create_model` builds every family)."
     check_preset(name, HYBRID_PRESETS, 'hybrid preset')
-    vit_f, bb_f = {f.name for f in fields(ViTConfig)}, {f.name for f in fields(BackboneConfig)}
-    bad = sorted(set(overrides) - vit_f - bb_f)
-    if bad: raise TypeError(f"unknown field(s) {bad}; ViTConfig fields: {', '.join(sorted(vit_f))}; "
-                            f"BackboneConfig fields: {', '.join(sorted(bb_f))}")
-    p = HYBRID_PRESETS[name]
-    bcfg = BackboneConfig(**{**p['backbone'], **{k: v for k, v in overrides.items() if k in bb_f}})
-    if 'stages' in overrides and 'layers' not in overrides and bcfg.layers is not None and len(bcfg.layers) != bcfg.stages:
-        bcfg = replace(bcfg, layers=None)                                 # torchvision's blocks for the new cut
-    vkw = {**p['vit'], **{k: v for k, v in overrides.items() if k in vit_f}}
-    kw = {'patch_size': vkw.pop('patch_size')} if 'patch_size' in vkw else {}  # HybridViT refuses one that is not the stride
-    hybrid_grid(vkw.get('img_size', 224), bcfg.stride)
-    return HybridViT(ViTConfig(**vkw, patch_size=bcfg.stride), bcfg, backbone_weights, **kw)
+    return hybrid_from_config(HYBRID_PRESETS[name], backbone_weights, **overrides)

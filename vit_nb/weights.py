@@ -6,13 +6,12 @@ Docs: https://vit-nb.github.io/vit_nb/weights.html.md"""
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'CONVERTERS', 'read_weights', 'strip_prefixes', 'detect_layout', 'convert_timm', 'convert_torchvision',
-           'convert_jax', 'LoadReport', 'WeightsMismatchError', 'load_pretrained', 'infer_config',
-           'vit_from_checkpoint', 'save_weights']
+           'convert_jax', 'LoadReport', 'WeightsMismatchError', 'load_pretrained', 'infer_config']
 
 # %% ../nbs/06_weights.ipynb #79ebffcd
-import json, os, pickle, re, tempfile, warnings
+import pickle, re, warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ _TORCH_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt')
 def _to_tensor(v):
     return torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
 
-def _unwrap(d:Mapping) -> dict:
+def _weights_in(d:Mapping) -> dict:
     "The weights inside a checkpoint dict (`{'model': ..., 'epoch': ...}`), or `d` itself."
     while not all(isinstance(v, (Tensor, np.ndarray)) for v in d.values()):
         inner = next((d[k] for k in _WRAPPERS if isinstance(d.get(k), Mapping)), None)
@@ -42,7 +41,7 @@ def read_weights(
     src, # a state dict, or the path of a `.safetensors`, `.pt`/`.pth`/`.bin`/`.ckpt` or `.npz` file
 ) -> dict: # parameter name -> tensor
     "Read weights without ever unpickling arbitrary objects."
-    if isinstance(src, Mapping): return _unwrap(src)
+    if isinstance(src, Mapping): return _weights_in(src)
     path = Path(src)
     if not path.is_file(): raise FileNotFoundError(f"no weights file at {str(path)!r}")
     suffix = path.suffix.lower()
@@ -56,9 +55,9 @@ def read_weights(
                 f"refusing to unpickle {path.name}: it holds objects other than tensors, dicts and numbers, and "
                 "unpickling those runs code. If you trust the file, load it yourself with "
                 "torch.load(path, weights_only=False) and pass the state dict; better, re-save the weights with "
-                f"`save_weights` (safetensors). ({str(e).splitlines()[0]})") from None
+                f"`vit_nb.factory.save_model` (safetensors). ({str(e).splitlines()[0]})") from None
         if not isinstance(obj, Mapping): raise ValueError(f"{path.name} holds a {type(obj).__name__}, not a state dict")
-        return _unwrap(obj)
+        return _weights_in(obj)
     if suffix == '.npz':
         try:
             with np.load(path, allow_pickle=False) as z: return {k: _to_tensor(z[k]) for k in z.files}
@@ -170,13 +169,10 @@ def _square(n:int, what:str) -> tuple:
     return (s, s)
 
 def _resample_rel_table(table, old_grid, new_grid, heads, class_token):
-    "A relative-position-bias table for `old_grid` resampled to `new_grid` (as `ViT.set_img_size`)."
-    old, new = RelPosBias(old_grid, heads, class_token), RelPosBias(new_grid, heads, class_token)
-    with torch.no_grad():
-        old.table.copy_(table)
-        bias = old(new_grid)                                        # h,T,T
-        new.table[new.index.flatten()] = bias.permute(1, 2, 0).reshape(-1, heads)
-    return new.table.data
+    "A relative-position-bias table for `old_grid` resampled to `new_grid` (with `RelPosBias.resample`, as `ViT.set_img_size`)."
+    old = RelPosBias(old_grid, heads, class_token)
+    with torch.no_grad(): old.table.copy_(table)
+    return old.resample(new_grid).table.data
 
 def _adapt_positions(sd, msd, model, ckpt_grid, notes):
     "Resample `pos_embed` and relative-bias tables in `sd` to the model's patch grid."
@@ -270,7 +266,7 @@ def _mismatch_report(layout, missing, unexpected, mismatched, n_ckpt=0) -> str:
         f"{k}: checkpoint {tuple(a)}, model {tuple(b)}" for k, (a, b) in list(mismatched.items())[:8])
         + (' ...' if len(mismatched) > 8 else ''))
     lines += [f"  hint: {h}" for h in _hints(missing, unexpected, mismatched, layout, n_ckpt)]
-    lines.append("To fix: build a model that matches the checkpoint (`vit_from_checkpoint(src)` infers one), "
+    lines.append("To fix: build a model that matches the checkpoint (`vit_nb.factory.load_model(src)` infers one), "
                  "pass layout= if the detected layout is wrong, or strict=False to load what fits and report the rest.")
     return '\n'.join(lines)
 
@@ -333,23 +329,6 @@ def load_pretrained(
     return rep
 
 # %% ../nbs/06_weights.ipynb #cbbce0b4
-_CONFIG_KEY = 'vit_nb.config'
-
-def _saved_meta(src) -> dict|None:
-    "The model configuration a `save_weights` file stores in its metadata, as a dict, or None."
-    if isinstance(src, Mapping) or Path(src).suffix.lower() != '.safetensors': return None
-    from safetensors import safe_open
-    with safe_open(str(src), 'pt') as f: meta = f.metadata() or {}
-    return json.loads(meta[_CONFIG_KEY]) if _CONFIG_KEY in meta else None
-
-def _saved_config(src):
-    "The `ViTConfig` stored in a `save_weights` file's metadata, or None."
-    d = _saved_meta(src)
-    if d is None: return None
-    d = {k: v for k, v in d.items() if k != 'backbone'}            # a hybrid's CNN is configured apart
-    if isinstance(d.get('img_size'), list): d['img_size'] = tuple(d['img_size'])
-    return ViTConfig(**d)
-
 def _guess_heads(D:int) -> int:
     "The paper's head count for a standard width (ViT-Ti ... ViT-H), else heads of 64."
     known = {d: h for d, _, h in VIT_SIZES.values()}
@@ -365,7 +344,6 @@ def infer_config(
     **overrides, # `ViTConfig` fields to set, e.g. `heads` (not visible in timm's or torchvision's weights)
 ) -> ViTConfig:
     "The `ViTConfig` of the model a checkpoint was saved from, as far as its tensors tell."
-    if (cfg := _saved_config(src)) is not None: return ViTConfig(**{**cfg.__dict__, **overrides})
     raw = strip_prefixes(read_weights(src))
     layout = layout or detect_layout(raw)
     jax_heads = [v.shape[1] for k, v in raw.items() if k.endswith('query/kernel')]   # (D, h, d): the one trace of h
@@ -391,64 +369,3 @@ def infer_config(
     if jax_heads: kw['heads'] = jax_heads[0]
     if 'heads' not in kw and 'heads' not in overrides: kw['heads'] = _guess_heads(D)
     return ViTConfig(**{**kw, **overrides})
-
-def _hybrid_from_saved(src, sd, cfg, backbone:dict, overrides:dict):
-    "The `HybridViT` (§3.1) a `save_weights` file was written from, with its weights; then a new head or resolution."
-    from vit_nb.hybrid import HybridViT, BackboneConfig
-    bad = sorted(set(overrides) - {'num_classes', 'img_size'})
-    if bad: raise ValueError(f"{src} holds a hybrid: it loads with its saved configuration; only num_classes and "
-                             f"img_size can change while loading, not {bad}")
-    model = HybridViT(cfg, BackboneConfig(**backbone))
-    missing, unexpected = model.load_state_dict(strip_prefixes(sd), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"the weights in {src} do not fit the hybrid their metadata describes: "
-                         f"missing {_summarise(missing)}; unexpected {_summarise(unexpected)}")
-    if overrides.get('num_classes', cfg.num_classes) != cfg.num_classes: model.reset_head(overrides['num_classes'])
-    if 'img_size' in overrides: model.set_img_size(overrides['img_size'])
-    return model
-
-def vit_from_checkpoint(
-    src, # a state dict or weights file
-    layout:str=None, # as in `load_pretrained`
-    ckpt_grid=None, # the checkpoint's patch grid `(rows, cols)` if it is not square
-    verbose:bool=False, # print `load_pretrained`'s notes
-    **overrides, # `ViTConfig` fields, e.g. `heads=12`, or `num_classes=10` / `img_size=384` to adapt while loading
-) -> ViT:
-    "Build the `ViT` (or `HybridViT`) that `src` was saved from (see `infer_config`) and load its weights."
-    sd = src if isinstance(src, Mapping) else read_weights(src)
-    cfg = _saved_config(src) or infer_config(sd, layout, ckpt_grid, **({'heads': overrides['heads']} if 'heads' in overrides else {}))
-    if (backbone := (_saved_meta(src) or {}).get('backbone')) is not None:
-        return _hybrid_from_saved(src, sd, cfg, backbone, overrides).eval()
-    model = ViT(ViTConfig(**{**cfg.__dict__, **overrides}))
-    load_pretrained(model, sd, layout=layout, ckpt_grid=ckpt_grid or cfg.grid, verbose=verbose)
-    return model.eval()
-
-
-# %% ../nbs/06_weights.ipynb #6d9b9d4b
-def save_weights(
-    model, # a module or a state dict
-    path, # the `.safetensors` file to write (replaced atomically if it exists)
-    metadata:dict=None, # extra string metadata to store
-) -> Path:
-    "Write the weights (only) to a safetensors file, atomically."
-    from safetensors.torch import save_file
-    path = Path(path)
-    if path.suffix.lower() != '.safetensors': raise ValueError(f"save_weights writes safetensors: name the file *.safetensors, not {path.name!r}")
-    sd = model if isinstance(model, Mapping) else model.state_dict()
-    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    meta = {'format': 'pt', **(metadata or {})}
-    if isinstance(getattr(model, 'cfg', None), ViTConfig):
-        cfg = dict(model.cfg.__dict__)
-        if (bb := getattr(model, 'backbone_cfg', None)) is not None: cfg['backbone'] = asdict(bb)   # a hybrid's CNN
-        meta[_CONFIG_KEY] = json.dumps(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        save_file(sd, tmp_name, metadata=meta)
-        with open(tmp_name, 'rb') as f: os.fsync(f.fileno())      # on disk before it takes the name
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name): os.remove(tmp_name)
-        raise
-    return path
