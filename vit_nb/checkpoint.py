@@ -9,7 +9,7 @@ __all__ = ['atomic_save', 'rng_state', 'set_rng_state', 'training_state', 'load_
            'NonFiniteLossError', 'Checkpointer']
 
 # %% ../nbs/12_checkpoint.ipynb #e6fd9f93
-import os, random, signal, sys, tempfile, threading
+import os, random, signal, sys, threading
 from pathlib import Path
 import numpy as np
 import torch
@@ -17,32 +17,13 @@ from torch import nn
 from fastcore.basics import store_attr, noop
 from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelBatchException, CancelEpochException
-from fastai.torch_core import rank_distrib
+from .factory import atomic_write, unwrap_model
+from .distributed import rank_info
 
 # %% ../nbs/12_checkpoint.ipynb #9030ec74
-def _fsync_dir(d:Path):
-    "Make a rename in `d` durable (where the OS allows opening folders)."
-    try: fd = os.open(d, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
-
 def atomic_save(obj, path) -> Path:
-    "`torch.save(obj)` to `path` atomically: a temporary file in the same folder, flushed and fsynced, then renamed."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name): os.remove(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    "`torch.save(obj)` to `path` atomically (see `vit_nb.factory.atomic_write`)."
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 # %% ../nbs/12_checkpoint.ipynb #5b3fd773
 def rng_state(dl=None) -> dict:
@@ -83,7 +64,7 @@ def _num(v): return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 e
 
 def training_state(learn, epoch:int, it:int, rng_epoch:dict=None, meta:dict=None) -> dict:
     "A resumable state of `learn` after `it` batches of epoch `epoch`."
-    rec, m = learn.recorder, getattr(learn.model, 'module', learn.model)
+    rec, m = learn.recorder, unwrap_model(learn.model)
     return dict(
         version=1, epoch=epoch, iter=it, n_epoch=learn.n_epoch,
         model={k: v.detach().cpu().clone() for k, v in m.state_dict().items()},
@@ -157,7 +138,7 @@ class Checkpointer(Callback):
     # --- saving ---
     def save(self, epoch:int, it:int) -> Path:
         "Write the state after `it` batches of epoch `epoch`."
-        if rank_distrib() == 0:
+        if rank_info()[0] == 0:
             atomic_save(training_state(self.learn, epoch, it, self.rng_epoch if it else None, self.meta), self.fname)
         self.saved = self.fname
         return self.fname
@@ -176,7 +157,7 @@ class Checkpointer(Callback):
             self._restore_signals()
             raise ValueError(f"the checkpoint is from a run of {st['n_epoch']} epochs, this fit has {self.n_epoch}: "
                              "resume with the same number of epochs (the schedule depends on it)")
-        m = getattr(self.model, 'module', self.model)
+        m = unwrap_model(self.model)
         m.load_state_dict(st['model'])
         dev = next(m.parameters()).device
         self.learn.opt.load_state_dict(_to(st['opt'], dev))
