@@ -66,22 +66,22 @@ def test_grey_model_takes_colour_images_and_preset(files):
     m = create_vit('vit_micro_patch2_8')
     save_file(m.state_dict(), tmp/'micro.safetensors')
     r = run(tmp/'micro.safetensors', files['astro'], '--out', tmp/'grey')
-    assert r.returncode == 1 and '--preset' in r.stderr and not (tmp/'grey').exists()
+    assert r.returncode == 2 and '--preset' in r.stderr and not (tmp/'grey').exists()
     r = run(tmp/'micro.safetensors', files['astro'], '--out', tmp/'grey', '--preset', 'vit_micro_patch2_8')
     assert r.returncode == 0, r.stderr
     assert [p.name for p in (tmp/'grey').iterdir()] == ['astronaut_attention.png']
 
 
 def test_errors_write_nothing(files):
-    "Each run fails with status 1, a message and no traceback, before creating the output folder (the notebook tests more cases in-process)."
+    "Each run fails with status 2 (a usage error, as every vit-nb command), a message and no traceback, before creating the output folder."
     tmp = files['tmp']
     cases = [((files['run'], files['astro'], tmp/'missing.png'), 'missing.png'),          # a missing image
              ((files['run'], files['astro'], files['bad']), 'cannot read'),              # not an image
-             ((tmp/'no_such_run', files['astro']), 'neither a file nor a folder')]       # missing weights
+             ((tmp/'no_such_run', files['astro']), 'does not exist')]                    # missing weights
     for i, (args, msg) in enumerate(cases):
         out = tmp/f'err{i}'
         r = run(*args, '--out', out)
-        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
         assert msg in r.stderr, (msg, r.stderr)
         assert 'Traceback' not in r.stderr
         assert not out.exists()
@@ -90,3 +90,5 @@ def test_errors_write_nothing(files):
 def test_bad_arguments_exit_2(files):
     r = run(files['run'], files['astro'], '--layer', 'last')
     assert r.returncode == 2 and 'usage' in r.stderr
+    r = run(files['run'], files['astro'], '--layer', '9', '--out', files['tmp']/'l9')
+    assert r.returncode == 2 and 'out of range' in r.stderr and not (files['tmp']/'l9').exists()

@@ -6,7 +6,7 @@ Docs: https://vit-nb.github.io/vit_nb/cli.html.md"""
 
 # %% auto #0
 __all__ = ['UsageError', 'new_run_dir', 'dls_stats', 'confusion_matrix', 'plot_training', 'plot_confusion', 'evaluate_learner',
-           'write_outputs', 'train', 'finetune', 'evaluate', 'predict']
+           'write_outputs', 'train', 'finetune', 'evaluate', 'predict', 'explain']
 
 # %% ../nbs/13_cli.ipynb #c8f3c811
 import json, math, os, sys, time
@@ -142,7 +142,8 @@ def evaluate_learner(learn, dl=None) -> dict:
     "Accuracy, loss and confusion matrix of `learn`'s model on `dl` (default: the validation set), in this process only."
     import torch
     import torch.nn.functional as F
-    m = getattr(learn.model, 'module', learn.model).eval()
+    from vit_nb.factory import unwrap_model
+    m = unwrap_model(learn.model).eval()
     logits, targs = [], []
     with torch.no_grad():                     # a plain loop: fastai's `get_preds` would gather across processes
         for xb, yb in (dl or learn.dls.valid):
@@ -154,19 +155,19 @@ def evaluate_learner(learn, dl=None) -> dict:
 
 def write_outputs(learn, run:Path, res:dict, vocab, stats, args:dict, seconds:float, command:str, hist:tuple) -> dict:
     "Write the weights, config, metrics, history (`(losses, values)` from the recorder) and plots of a finished run into `run`."
-    from vit_nb.weights import save_weights
-    m = getattr(learn.model, 'module', learn.model)
-    save_weights(m, run/'model.safetensors', metadata={'vit_nb.vocab': json.dumps(vocab), 'vit_nb.stats': json.dumps(stats)})
-    cfg = dict(m.cfg.__dict__)
-    if (bb := getattr(m, 'backbone_cfg', None)) is not None: cfg['backbone'] = bb.__dict__   # a hybrid's CNN
-    (run/'config.json').write_text(json.dumps(dict(model=cfg, command=command, args=args), indent=1, default=str))
+    from vit_nb.factory import save_model, model_config, unwrap_model, atomic_write
+    m = unwrap_model(learn.model)
+    save_model(m, run/'model.safetensors', vocab=vocab, stats=stats, command=command)
+    family, cfg = model_config(m)
+    atomic_write(run/'config.json', lambda t: Path(t).write_text(
+        json.dumps(dict(model=cfg, family=family, command=command, args=args), indent=1, default=str)))
     names = list(learn.recorder.metric_names[1:-1])
     times = [None] * (len(hist[1]) - len(hist[2])) + list(hist[2])    # a resumed run times only its own epochs
     epochs = [dict(epoch=i + 1, **{k: float(v) for k, v in zip(names, row)}, seconds=t) for i, (row, t) in enumerate(zip(hist[1], times))]
     metrics = dict(test_accuracy=res['accuracy'], test_loss=res['loss'], n_test=res['n'], n_train=len(learn.dls.train_ds),
                    epochs=epochs, train_seconds=round(seconds, 1), params=sum(p.numel() for p in m.parameters()),
                    command=command, args=args)
-    (run/'metrics.json').write_text(json.dumps(metrics, indent=1, default=str))
+    atomic_write(run/'metrics.json', lambda t: Path(t).write_text(json.dumps(metrics, indent=1, default=str)))
     plot_training(*hist[:2], run/'training_curve.png')
     plot_confusion(res['confusion'], vocab, run/'confusion_matrix.png', f"test accuracy {res['accuracy']:.2%}")
     return metrics
@@ -243,9 +244,8 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
 # %% ../nbs/13_cli.ipynb #b4a58e2c
 def _preset_size(arch:str):
     "The resolution the preset `arch` is built for: the data is resized to it unless --size says otherwise."
-    from vit_nb.model import PRESETS
-    from vit_nb.hybrid import HYBRID_PRESETS
-    return PRESETS[arch]['img_size'] if arch in PRESETS else HYBRID_PRESETS[arch]['vit']['img_size']
+    from vit_nb.factory import MODELS
+    return MODELS[arch].img_size
 
 def _check_common(epochs, bs, lr, subset, threads):
     _check(epochs >= 1, f"--epochs must be at least 1, got {epochs}")
@@ -258,7 +258,7 @@ def _check_common(epochs, bs, lr, subset, threads):
 def train(
     data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
     data_path:str=None, # folder with the Fashion-MNIST IDX files (default: searched; see vit_nb.data)
-    arch:str='vit_mini_conv_s8_32', # model preset: vit_nb.model.PRESETS, or a hybrid of vit_nb.hybrid.HYBRID_PRESETS
+    arch:str='vit_mini_conv_s8_32', # a registered model, ViT or hybrid: see vit_nb.factory.list_models()
     epochs:int=5, # training epochs
     bs:int=128, # batch size
     lr:float=2e-3, # peak learning rate (Adam)
@@ -295,9 +295,9 @@ def train(
         print(f"resuming {run} from epoch {st['epoch'] + 1}, batch {st['iter']}", flush=True)
     else:
         _check_common(epochs, bs, lr, subset, threads)
-        from vit_nb.model import PRESETS, check_preset
-        from vit_nb.hybrid import HYBRID_PRESETS
-        try: check_preset(arch, PRESETS | HYBRID_PRESETS)
+        from vit_nb.model import check_preset
+        from vit_nb.factory import MODELS
+        try: check_preset(arch, MODELS, 'model')
         except ValueError as e: raise UsageError(f"--arch {arch!r} is not a preset: {e}") from None
         _check(decay in ('cos', 'linear'), f"--decay must be 'cos' or 'linear', got {decay!r}")
         _check(precision in ('auto', 'fp32', 'bf16', 'fp16'), f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -325,26 +325,25 @@ def train(
     return _fit('train', args, _run_dir(run, args), built, fit, st)
 
 # %% ../nbs/13_cli.ipynb #4b9f7f26
-def _weights_path(w) -> Path:
-    p = Path(w).expanduser()
-    if p.is_dir(): p = p/'model.safetensors'
-    return _readable_file(p, 'weights')
+def _load(weights, what:str='weights', **kwargs) -> tuple:
+    "The model and what is known about it (`vit_nb.factory.load_model`) from a run folder or weights file, or a usage error."
+    p = Path(weights).expanduser()
+    _check(p.exists(), f"{what} {str(p)!r} does not exist")
+    from vit_nb.factory import load_model
+    try: return load_model(p, **kwargs)
+    except (OSError, ValueError, TypeError, RuntimeError) as e: raise UsageError(f"cannot load a model from {p}: {e}") from None
 
-def _weights_meta(p:Path) -> dict:
-    "The `vit_nb.*` metadata `write_outputs` stores with the weights (class names, normalisation)."
-    if p.suffix != '.safetensors': return {}
-    from safetensors import safe_open
-    with safe_open(str(p), 'pt') as f: meta = f.metadata() or {}
-    return {k[7:]: json.loads(v) for k, v in meta.items() if k in ('vit_nb.vocab', 'vit_nb.stats')}
-
-def _load_model(p:Path):
-    from vit_nb.weights import vit_from_checkpoint
-    try: return vit_from_checkpoint(p)
-    except Exception as e: raise UsageError(f"cannot load a ViT from {p}: {e}") from None
+def _weights_file(weights) -> Path:
+    "The weights file a run folder or file names (`vit_nb.factory.find_weights`), or a usage error."
+    from vit_nb.factory import find_weights
+    p = Path(weights).expanduser()
+    _check(p.exists(), f"weights {str(p)!r} does not exist")
+    try: return _readable_file(find_weights(p), 'weights')
+    except FileNotFoundError as e: raise UsageError(str(e)) from None
 
 @call_parse(pos=['weights'])
 def finetune(
-    weights:str=None, # a run folder or a weights file (.safetensors; see vit_nb.weights)
+    weights:str=None, # a run folder or a weights file (.safetensors, or timm/torchvision/JAX weights; see vit_nb.factory.load_model)
     data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
     data_path:str=None, # folder with the Fashion-MNIST IDX files
     size:int=56, # fine-tuning resolution (the paper fine-tunes at a higher resolution than it pre-trains)
@@ -376,17 +375,16 @@ def finetune(
         _check_common(epochs, bs, lr, subset, threads)
         _check(size >= 1, f"--size must be positive, got {size}")
         _check(layer_decay is None or 0 < layer_decay <= 1, f"--layer-decay must be in (0, 1], got {layer_decay}")
-        args['weights'] = str(_weights_path(weights))
+        args['weights'] = str(_weights_file(weights))
         st, run = None, None
     _setup(args['threads'])
     from fastai.torch_core import set_seed
     from vit_nb.learner import vit_learner
 
     def make(a):
-        p = Path(a['weights'])
-        model, meta = _load_model(p), _weights_meta(p)
+        model, info = _load(a['weights'])
         _check(a['size'] % model.cfg.patch_size == 0, f"--size {a['size']} is not a multiple of the patch size {model.cfg.patch_size}")
-        stats = tuple(meta['stats']) if 'stats' in meta else None
+        stats = (info['mean'], info['std'])                    # the normalisation it was trained with
         dls, vocab, stats = _data(a['data'], a['data_path'], a['size'], a['bs'], a['subset'], a['n_valid'], a['seed'],
                                   channels=model.cfg.in_chans, stats=stats)
         learn = vit_learner(dls, model, new_head=not a['keep_head'], precision=a['precision'])
@@ -411,15 +409,15 @@ def evaluate(
 ):
     "Evaluate trained weights on a data set's test (validation) images: accuracy and loss."
     _check(weights is not None, "the weights to evaluate are required (a run folder or a .safetensors file)")
-    p = _weights_path(weights)
+    p = _weights_file(weights)
     _setup(threads)
     from vit_nb.learner import vit_learner
-    model, meta = _load_model(p), _weights_meta(p)
-    stats = tuple(meta['stats']) if 'stats' in meta else None
+    model, info = _load(p)
     size = model.cfg.img_size if isinstance(model.cfg.img_size, int) else tuple(model.cfg.img_size)
-    dls, vocab, _ = _data(data, data_path, size, bs, None, n_valid, 0, channels=model.cfg.in_chans, stats=stats, aug=False)
-    if 'vocab' in meta and meta['vocab'] != vocab:
-        raise UsageError(f"the model was trained on classes {meta['vocab']}, the data has {vocab}")
+    dls, vocab, _ = _data(data, data_path, size, bs, None, n_valid, 0, channels=model.cfg.in_chans,
+                          stats=(info['mean'], info['std']), aug=False)
+    if info['vocab'] is not None and info['vocab'] != vocab:
+        raise UsageError(f"the model was trained on classes {info['vocab']}, the data has {vocab}")
     learn = vit_learner(dls, model)
     res = evaluate_learner(learn)
     print(f"accuracy {res['accuracy']:.4f}, loss {res['loss']:.4f} ({res['n']:,} images)")
@@ -428,21 +426,6 @@ def evaluate(
     return 0
 
 # %% ../nbs/13_cli.ipynb #dba898af
-def _prepare(fns, model, stats):
-    "Images from files as a normalised batch (a tensor `(B, C, H, W)`) at the model's resolution."
-    import numpy as np, torch
-    from vit_nb.data import open_image
-    from vit_nb.patches import to_2tuple
-    H, W = to_2tuple(model.cfg.img_size)
-    xs = []
-    for fn in fns:
-        im = open_image(fn, model.cfg.in_chans).resize((W, H))
-        x = torch.from_numpy(np.array(im, dtype=np.float32) / 255)
-        xs.append(x[None] if x.ndim == 2 else x.permute(2, 0, 1))
-    x = torch.stack(xs)
-    if stats: x = (x - torch.tensor(stats[0])[:, None, None]) / torch.tensor(stats[1])[:, None, None]
-    return x
-
 @call_parse(pos=['weights', 'images'])
 def predict(
     weights:str=None, # a run folder or a weights file (.safetensors)
@@ -452,19 +435,55 @@ def predict(
 ):
     "Classify image files with trained weights: the top classes and their probabilities."
     _check(weights is not None, "the weights are required (a run folder or a .safetensors file)")
-    p = _weights_path(weights)
     _check(len(images) > 0, "give at least one image file")
     fns = [_readable_file(f, 'image') for f in images]
     _check(topk >= 1, f"--topk must be at least 1, got {topk}")
     _setup(threads)
-    model, meta = _load_model(p), _weights_meta(p)
-    vocab = meta.get('vocab') or [str(i) for i in range(model.cfg.num_classes)]
-    try: x = _prepare(fns, model, meta.get('stats'))
-    except Exception as e: raise UsageError(f"cannot read the images: {e}") from None
+    model, info = _load(weights)
+    vocab = info['vocab'] or [str(i) for i in range(model.cfg.num_classes)]
+    from vit_nb.data import image_batch
+    try: x = image_batch(fns, model.cfg.img_size, model.cfg.in_chans, (info['mean'], info['std']))   # as validation prepares them
+    except (OSError, ValueError) as e: raise UsageError(f"cannot read the images: {e}") from None
     import torch
     with torch.no_grad(): probs = model.eval()(x).softmax(-1)
     k = min(topk, probs.shape[1])
     for fn, pr in zip(fns, probs):
         top = pr.topk(k)
         print(f"{fn}: " + ', '.join(f"{vocab[i]} {v:.3f}" for v, i in zip(top.values.tolist(), top.indices.tolist())))
+    return 0
+
+# %% ../nbs/13_cli.ipynb #d59b31fd
+def _floats(s, what:str) -> list|None:
+    "A list of numbers from `'0.5'` or `'0.4,0.5,0.6'` (or spaces), or a usage error."
+    if s is None: return None
+    try: return [float(v) for v in str(s).replace(',', ' ').split()]
+    except ValueError: raise UsageError(f"{what} must be numbers separated by commas, got {s!r}") from None
+
+@call_parse(pos=['weights', 'images'])
+def explain(
+    weights:str=None, # a run folder of vit-nb-train, or a weights file (.safetensors, or timm/torchvision/JAX weights)
+    *images:str, # one or more image files
+    out:str='explain', # folder for the PNG figures (created)
+    preset:str=None, # a registered model name (vit_nb.factory.list_models()), for weights without a configuration
+    layer:int=-1, # layer of the per-head maps (0-based; -1: the last)
+    mean:str=None, # input normalisation mean, one value or one per channel (default: the model's, else 0.5)
+    std:str=None, # input normalisation std, as `mean`
+    threads:int=None, # CPU threads for PyTorch
+):
+    "Draw attention rollout and per-head class-token attention maps of a ViT for image files, as PNG files."
+    _check(weights is not None, "the weights are required (a run folder or a weights file)")
+    _check(len(images) > 0, "give one or more image files after the weights")
+    fns = [_readable_file(f, 'image') for f in images]
+    _setup(threads)
+    _plt()                                                   # a command draws off-screen
+    model, info = _load(weights, config=preset)
+    C = model.cfg.in_chans
+    m, s = _floats(mean, '--mean') or info['mean'], _floats(std, '--std') or info['std']
+    if len(m) == 1: m = m * C
+    if len(s) == 1: s = s * C
+    _check(len(m) == C and len(s) == C, f"--mean/--std need 1 or {C} values for this {C}-channel model, got {len(m)} and {len(s)}")
+    from vit_nb.explain import explain_images
+    try: written = explain_images(model, fns, out, m, s, layer, info['vocab'])
+    except (OSError, ValueError) as e: raise UsageError(str(e)) from None
+    for p in written: print(p)
     return 0

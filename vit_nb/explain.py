@@ -8,21 +8,23 @@ Docs: https://vit-nb.github.io/vit_nb/explain.html.md"""
 __all__ = ['embedding_filters', 'embedding_filter_pcs', 'show_filter_pcs', 'pos_embed_table', 'pos_embed_similarity',
            'show_pos_similarity', 'get_attention', 'token_grid', 'patch_centres', 'attention_distance',
            'mean_attention_distance', 'uniform_attention_distance', 'show_attention_distance', 'attention_rollout',
-           'query_map', 'attention_maps', 'upsample_map', 'show_attention_maps', 'load_vit', 'load_image',
-           'explain_images', 'explain_cli']
+           'query_map', 'attention_maps', 'upsample_map', 'show_attention_maps', 'explain_images']
 
 # %% ../nbs/30_explain.ipynb #b89ecd6e
-import io, json, math, os
+import io, math
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-import matplotlib.pyplot as plt
-from fastcore.script import call_parse, CliError, is_cli
 from .patches import to_2tuple
 from .embeddings import sincos_2d
-from .model import ViT, ViTConfig, create_vit, PRESETS
+
+# %% ../nbs/30_explain.ipynb #1b870f52
+def _pyplot():
+    "`matplotlib.pyplot`, imported when a figure is first drawn (the module stays light to import)."
+    import matplotlib.pyplot as plt
+    return plt
 
 # %% ../nbs/30_explain.ipynb #d0673c34
 def embedding_filters(model:nn.Module) -> Tensor: # `(D, C, P, P)`
@@ -65,9 +67,10 @@ def show_filter_pcs(
     ratio:Tensor=None, # fraction of variance of each, shown as a title
     ncols:int=7, # images per row
     figsize=(6, 4), # figure size in inches
-) -> plt.Figure:
+) -> 'matplotlib.figure.Figure':
     "Plot principal components of the embedding filters as a grid of images, each scaled to its own range."
     k = len(pcs); nrows = math.ceil(k / ncols)
+    plt = _pyplot()
     fig, axs = plt.subplots(nrows, ncols, figsize=figsize, dpi=80, squeeze=False)
     for i, ax in enumerate(axs.flat):
         ax.axis('off')
@@ -115,9 +118,10 @@ def _mosaic(maps:np.ndarray) -> np.ndarray:
 def show_pos_similarity(
     sim:Tensor, # `(gh, gw, gh, gw)` from `pos_embed_similarity`
     figsize=(6, 4), # figure size in inches
-) -> plt.Figure:
+) -> 'matplotlib.figure.Figure':
     "Plot the position-embedding similarities as a grid of small heatmaps on the patch grid (Fig. 7 centre)."
     gh, gw = sim.shape[:2]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=figsize, dpi=80)
     cmap = plt.get_cmap('viridis').copy(); cmap.set_bad('white')
     im = ax.imshow(_mosaic(sim.detach().cpu().numpy()), cmap=cmap, vmin=-1, vmax=1, interpolation='nearest')
@@ -211,9 +215,10 @@ def show_attention_distance(
     img_size=None, # the images' size, for the title
     uniform:float=None, # draw this reference line, e.g. `uniform_attention_distance(grid, stride)`
     figsize=(6, 4), # figure size in inches
-) -> plt.Figure:
+) -> 'matplotlib.figure.Figure':
     "Scatter each head's mean attention distance against the layer (Fig. 7 right)."
     L, h = dist.shape
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=figsize, dpi=80)
     for a in range(h):
         ax.scatter(np.arange(1, L + 1), dist[:, a].cpu().numpy(), s=14, label=f"head {a+1}")
@@ -284,12 +289,13 @@ def show_attention_maps(
     suptitle:str=None, # a title for the figure
     alpha:float=0.6, # opacity of the map
     figsize=None, # default: 1 inch per panel, at most 6 inches wide
-) -> plt.Figure:
+) -> 'matplotlib.figure.Figure':
     "Overlay the rollout and per-head attention maps on each image: one row per image."
     B, h = heads.shape[:2]
     H, W = images.shape[-2:]
     ncols = 2 + h
     w = min(6, ncols); top = 0.5 + 0.2 * bool(suptitle)
+    plt = _pyplot()
     fig, axs = plt.subplots(B, ncols, figsize=figsize or (w, w / ncols * H / W * B * 1.12 + top), dpi=80, squeeze=False)
     up_h, up_r = upsample_map(heads, (H, W)), upsample_map(rollout, (H, W))
     for b in range(B):
@@ -305,129 +311,6 @@ def show_attention_maps(
     fig.tight_layout(pad=0.2, w_pad=0.1, h_pad=0.3)
     return fig
 
-# %% ../nbs/30_explain.ipynb #34f74be6
-_CFG_FIELDS = set(ViTConfig.__dataclass_fields__)
-
-def _find_info(d:dict) -> dict:
-    "The model configuration `cfg`, normalisation `stats` `(mean, std)` and class names `vocab` in a JSON-like dict (or one level down)."
-    info = {}
-    for c in [d] + [v for v in d.values() if isinstance(v, dict)]:
-        if 'cfg' not in info and {'dim', 'depth', 'heads'} <= set(c):
-            info['cfg'] = {k: v for k, v in c.items() if k in _CFG_FIELDS | {'backbone'}}
-        if 'stats' not in info:
-            if 'mean' in c and 'std' in c: info['stats'] = (c['mean'], c['std'])
-            elif isinstance(c.get('stats'), (list, tuple)) and len(c['stats']) == 2: info['stats'] = tuple(c['stats'])
-        if 'vocab' not in info and isinstance(c.get('vocab'), (list, tuple)): info['vocab'] = [str(v) for v in c['vocab']]
-    return info
-
-# %% ../nbs/30_explain.ipynb #cc4d69f9
-def _weights_file(path:Path) -> Path:
-    "`path` if it is a file, else the safetensors weights in the folder `path` (`model.safetensors` or `weights.safetensors` first)."
-    if path.is_file(): return path
-    if not path.is_dir(): raise FileNotFoundError(f"weights not found: {path} is neither a file nor a folder")
-    fs = sorted(path.glob('*.safetensors'), key=lambda p: (p.stem not in ('model', 'weights'), p.name))
-    if not fs: raise FileNotFoundError(f"no .safetensors weights in the folder {path}: pass the weights file itself "
-                                       f"or the output folder of vit-nb-train")
-    return fs[0]
-
-def _model_info(wf:Path) -> dict:
-    "Configuration, normalisation and class names from the safetensors metadata, then `<weights>.json`, then `config.json` beside it."
-    found = []
-    if wf.suffix == '.safetensors':
-        from safetensors import safe_open
-        try:
-            with safe_open(str(wf), 'pt') as f: meta = f.metadata() or {}
-        except Exception as e: raise ValueError(f"cannot read {wf} as safetensors: {e}") from e
-        for k, v in meta.items():                                     # e.g. 'vit_nb.config', 'vit_nb.stats', 'vit_nb.vocab'
-            try: d = json.loads(v)
-            except ValueError: continue
-            found.append(_find_info(d if isinstance(d, dict) else {k.split('.')[-1]: d}))
-    for p in dict.fromkeys([wf.with_suffix('.json'), wf.parent/'config.json']):   # `<weights>.json`, then `config.json`
-        if not p.is_file(): continue
-        try: d = json.loads(p.read_text())
-        except (OSError, ValueError) as e: raise ValueError(f"could not read {p}: {e}") from e
-        if isinstance(d, dict): found.append(_find_info(d))
-    return {k: v for f in reversed(found) for k, v in f.items()}       # the first source to have a key wins
-
-def _preset_config(name:str) -> dict:
-    "The configuration of a `PRESETS` or `HYBRID_PRESETS` name (a hybrid's with a `backbone` entry)."
-    if name in PRESETS: return dict(PRESETS[name])
-    from vit_nb.hybrid import HYBRID_PRESETS
-    if name in HYBRID_PRESETS: return {**HYBRID_PRESETS[name]['vit'], 'backbone': dict(HYBRID_PRESETS[name]['backbone'])}
-    create_vit(name)                                                  # raises, naming the presets
-
-def _build(cfg:dict) -> ViT:
-    "A `ViT`, or a `HybridViT` when the configuration has a `backbone`."
-    tup = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    vkw = tup({k: v for k, v in cfg.items() if k in _CFG_FIELDS})
-    if cfg.get('backbone') is None: return ViT(ViTConfig(**vkw))
-    from vit_nb.hybrid import HybridViT, BackboneConfig
-    bcfg = BackboneConfig(**tup(cfg['backbone']))
-    return HybridViT(ViTConfig(**{**vkw, 'patch_size': bcfg.stride}), bcfg)   # a hybrid's patch is its backbone's stride
-
-# %% ../nbs/30_explain.ipynb #7dab7186
-def _load_weights(model:ViT, wf:Path) -> ViT:
-    if wf.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        sd = load_file(str(wf))
-        sd = {k.removeprefix('module.').removeprefix('model.'): v for k, v in sd.items()}
-        own = model.state_dict()
-        if set(sd) == set(own) and all(sd[k].shape == own[k].shape for k in own):
-            model.load_state_dict(sd); return model
-    try: from vit_nb.weights import load_pretrained
-    except ImportError:
-        raise ValueError(f"the weights in {wf} do not fit the model's configuration name for name, "
-                         "and vit_nb.weights, which converts other layouts, is not available") from None
-    load_pretrained(model, str(wf), verbose=False)
-    return model
-
-def load_vit(
-    path, # a weights file (`.safetensors`, `.pth`, `.npz`, ...) or a folder holding one (the output of `vit-nb-train`)
-    preset:str=None, # a `PRESETS`/`HYBRID_PRESETS` name: the configuration, for weights that carry none (e.g. timm's)
-    **overrides, # `ViTConfig` fields to override
-) -> tuple: # the model in eval mode, and a dict with `mean`, `std` (one value per channel) and `vocab` (or None)
-    "Build a `ViT` (or hybrid) from weights and their configuration, with the input normalisation and class names found."
-    wf = _weights_file(Path(path))
-    info = _model_info(wf)
-    cfg = _preset_config(preset) if preset is not None else info.get('cfg')   # an explicit preset wins
-    if cfg is None:
-        raise ValueError(f"no model configuration found for {wf} (looked in its safetensors metadata, {wf.stem}.json "
-                         f"and config.json); the number of heads cannot be read off weights: pass preset=<a name from "
-                         f"vit_nb.model.PRESETS> (--preset on the command line)")
-    model = _load_weights(_build({**cfg, **overrides}), wf)
-    C = model.cfg.in_chans
-    mean, std = info.get('stats', ([0.5], [0.5]))
-    mean, std = [float(v) for v in np.atleast_1d(mean)], [float(v) for v in np.atleast_1d(std)]
-    if len(mean) == 1: mean = mean * C
-    if len(std) == 1: std = std * C
-    if len(mean) != C or len(std) != C:
-        raise ValueError(f"the normalisation found for {wf} has {len(mean)} means and {len(std)} stds for a {C}-channel model")
-    return model.eval(), dict(mean=mean, std=std, vocab=info.get('vocab'))
-
-# %% ../nbs/30_explain.ipynb #093e93ea
-def load_image(
-    fn, # an image file PIL can read
-    size, # the model's `(H, W)`
-    in_chans:int=3, # 1: grey, 3: RGB
-) -> Tensor: # `(C, H, W)` in [0, 1]
-    "Read an image, convert it to `in_chans` channels, centre-crop it to the aspect of `size` and resize it."
-    from PIL import Image, UnidentifiedImageError
-    H, W = to_2tuple(size)
-    try:
-        with Image.open(fn) as im:
-            im.load()
-            im = im.convert('L' if in_chans == 1 else 'RGB')
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read {fn} as an image: {e}") from e
-    if in_chans not in (1, 3): raise ValueError(f"images can be read for 1 or 3 channels, the model has {in_chans}")
-    w, h = im.size
-    s = min(w / W, h / H)                                             # largest window with the model's aspect
-    cw, ch = W * s, H * s
-    box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-    im = im.resize((W, H), Image.Resampling.BICUBIC, box=box, reducing_gap=None)
-    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255)
-    return (x[None] if in_chans == 1 else x.permute(2, 0, 1)).clamp(0, 1).contiguous()
-
 # %% ../nbs/30_explain.ipynb #42b3f97c
 def explain_images(
     model:nn.Module, # a ViT or hybrid, with `cfg.img_size` and `cfg.in_chans`
@@ -438,6 +321,9 @@ def explain_images(
     vocab:list=None, # class names, for the predicted class in the title
 ) -> list: # the PNG files written
     "Write one PNG per image: the image, its attention rollout and the class-token attention of each head of `layer`."
+    from vit_nb.data import image_batch
+    from vit_nb.factory import atomic_write
+    plt = _pyplot()
     files, out = [Path(f) for f in files], Path(out)
     if not files: raise ValueError("no image files given")
     missing = [str(f) for f in files if not f.is_file()]
@@ -446,10 +332,15 @@ def explain_images(
     cfg = model.cfg
     L = len(model.blocks)
     if not -L <= layer < L: raise ValueError(f"layer {layer} is out of range for a model with {L} layers (use 0..{L-1} or -1)")
-    imgs = torch.stack([load_image(f, cfg.img_size, cfg.in_chans) for f in files])   # B,C,H,W; all read before writing
+    imgs = []
+    for f in files:                                                   # all read before anything is written
+        try: imgs.append(image_batch(f, cfg.img_size, cfg.in_chans))
+        except OSError as e: raise ValueError(f"cannot read {f} as an image: {e}") from None
+    imgs = torch.cat(imgs)                                            # B,C,H,W in [0, 1]
     m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-    heads, roll = attention_maps(model, (imgs - m) / s, layer)
-    with torch.no_grad(): logits = model(((imgs - m) / s))
+    xn = (imgs - m) / s                                               # as `image_batch(..., stats)`
+    heads, roll = attention_maps(model, xn, layer)
+    with torch.no_grad(): logits = model(xn)
     pngs, names = [], set()
     for i, f in enumerate(files):
         title = f.name
@@ -462,41 +353,4 @@ def explain_images(
         j = 1
         while name in names: j += 1; name = f"{f.stem}_{j}_attention.png"
         names.add(name); pngs.append((name, buf.getvalue()))
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, data in pngs:                                           # each file appears whole or not at all
-        tmp = out/f".{name}.tmp"
-        tmp.write_bytes(data); os.replace(tmp, out/name); written.append(out/name)
-    return written
-
-# %% ../nbs/30_explain.ipynb #dbe6ff36
-def _floats(s): return None if s is None else [float(v) for v in str(s).replace(',', ' ').split()]
-
-@call_parse
-def explain_cli(
-    weights:str, # weights: the output folder of vit-nb-train, or a .safetensors/.pth/.npz file
-    *images:str, # one or more image files
-    out:str='explain', # folder for the PNG figures (created)
-    preset:str=None, # a vit_nb PRESETS name, for weights without a configuration (e.g. timm's)
-    layer:int=-1, # layer of the per-head maps (0-based; -1: the last)
-    mean:str=None, # input normalisation mean, one value or one per channel (default: the model's, else 0.5)
-    std:str=None, # input normalisation std, as `mean`
-    threads:int=None, # CPU threads for PyTorch
-):
-    "Draw attention rollout and per-head class-token attention maps of a ViT for image files, as PNG files."
-    cli = is_cli(explain_cli)                                         # a console run (not a Python call)
-    if cli:
-        import matplotlib; matplotlib.use('Agg')
-    if not images: raise CliError("give one or more image files after the weights")
-    if threads: torch.set_num_threads(threads)
-    try:
-        model, info = load_vit(weights, preset)
-        C = model.cfg.in_chans
-        m, s = _floats(mean) or info['mean'], _floats(std) or info['std']
-        if len(m) == 1: m = m * C
-        if len(s) == 1: s = s * C
-        if len(m) != C or len(s) != C: raise ValueError(f"--mean/--std need 1 or {C} values, got {len(m)} and {len(s)}")
-        written = explain_images(model, images, out, m, s, layer, info['vocab'])
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as e: raise CliError(str(e)) from e
-    if not cli: return written
-    for p in written: print(p)
+    return [atomic_write(out/name, lambda t, d=data: Path(t).write_bytes(d)) for name, data in pngs]

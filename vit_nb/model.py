@@ -225,6 +225,7 @@ PRESETS.update(  # CPU-sized models for small images, 10 classes
     vit_mini_patch7_28=dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, dim=128, depth=6, heads=4, mlp_dim=256),
     vit_mini_patch4_32=dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, dim=192, depth=6, heads=3, mlp_dim=384),
     vit_micro_patch2_8=dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128),
+    vit_micro_patch4_28=dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128),  # the experiments' ViT
 )
 
 def check_preset(name:str, presets:dict, what:str='preset'):
