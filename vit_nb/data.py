@@ -1,4 +1,4 @@
-"""Image classification data for training ViTs: Fashion-MNIST, scikit-learn's digits, any image folder, CIFAR-10 and Imagenette, as fastai `DataLoaders` with batch-level augmentation.
+"""Image classification data for training ViTs: Fashion-MNIST, scikit-learn's digits, any image folder, CIFAR-10 and Imagenette, as fastai `DataLoaders` with batch-level augmentation; and the one way an image file becomes a model's input.
 
 Docs: https://vit-nb.github.io/vit_nb/data.html.md"""
 
@@ -7,10 +7,9 @@ Docs: https://vit-nb.github.io/vit_nb/data.html.md"""
 # %% auto #0
 __all__ = ['FASHION_MNIST_CLASSES', 'FASHION_MNIST_FILES', 'FASHION_MNIST_ENV', 'FASHION_MNIST_SYSTEM', 'IMAGENETTE_CLASSES',
            'read_idx', 'TensorData', 'cache_dir', 'find_fashion_mnist', 'fashion_mnist', 'stratified_order', 'digits',
-           'PadCropFlip', 'affine_grid', 'RandomAffine', 'RandomResizedCropBatch', 'ResizeBatch', 'batch_augs',
-           'IntToFloat', 'NormalizeFast', 'ImageTensors', 'TensorImageDL', 'tensor_dls', 'fashion_mnist_dls',
-           'digits_dls', 'check_image', 'scan_images', 'open_image', 'PILImageRGB', 'PILImageGrey', 'image_folder_dls',
-           'imagenette_label', 'fastai_data', 'cifar10_dls', 'imagenette_dls']
+           'ImageTensors', 'TensorImageDL', 'tensor_dls', 'fashion_mnist_dls', 'digits_dls', 'check_image',
+           'scan_images', 'open_image', 'PILImageRGB', 'PILImageGrey', 'prepare_image', 'image_batch', 'PrepareImage',
+           'image_folder_dls', 'imagenette_label', 'fastai_data', 'cifar10_dls', 'imagenette_dls']
 
 # %% ../nbs/10_data.ipynb #8b11b2b4
 import gzip, os, random, struct, warnings
@@ -21,19 +20,18 @@ from functools import lru_cache
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from PIL import Image
 from fastcore.basics import store_attr, ifnone
 from fastai.data.core import TfmdDL, DataLoaders
-from fastai.data.transforms import (IntToFloatTensor, Normalize, Category, get_image_files, parent_label,
-                                    GrandparentSplitter, RandomSplitter)
-from fastai.data.block import DataBlock, CategoryBlock
+from fastai.data.transforms import Category, get_image_files, parent_label, GrandparentSplitter, RandomSplitter
+from fastai.data.block import DataBlock, CategoryBlock, TransformBlock
 from fastai.torch_core import TensorImage, TensorImageBW, TensorCategory
 from fastai.vision.core import PILImage, PILImageBW
-from fastai.vision.data import ImageBlock
-from fastai.vision.augment import Resize, aug_transforms
+from fastai.vision.augment import RandomResizedCrop, aug_transforms
 from fasttransform import Transform
+from .augment import _untyped, IntToFloat, NormalizeFast, ResizeImages, batch_augs, resize_images
+from .augment import PadCropFlip, RandomAffine, RandomResizedCropBatch   # where `learn.export` files of vit_nb 0.0.1 look for them
 
 # %% ../nbs/10_data.ipynb #2cf775d2
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
@@ -175,131 +173,6 @@ def digits(
     return TensorData(x[o[nv:]], y[o[nv:]], x[o[:nv]], y[o[:nv]], [str(i) for i in range(10)], 'digits',
                       aug=dict(pad=1, flip=False, max_rotate=10., max_zoom=1.1))
 
-# %% ../nbs/10_data.ipynb #62acaeea
-def _plain(x:Tensor) -> Tensor:
-    "`x` as a plain `Tensor`: fastai's typed tensors add about 0.2 ms to every operation through `__torch_function__`."
-    return Tensor.as_subclass(x, Tensor)
-
-def _like(t:Tensor, x:Tensor) -> Tensor:
-    "`t` with the type of `x` (e.g. `TensorImage`), without a copy."
-    return Tensor.as_subclass(t, type(x))
-
-class PadCropFlip(Transform):
-    "Random `pad`-pixel translation (zero padding, then a random crop) and random horizontal flip, per image."
-    order, split_idx = 20, 0
-    def __init__(self, pad:int=4, flip:bool=True): store_attr()
-    def encodes(self, x:TensorImage):
-        x0, x = x, _plain(x)
-        B, C, H, W = x.shape
-        p, dev = self.pad, x.device
-        xp = F.pad(x, (p, p, p, p)) if p else x
-        oy, ox = (torch.randint(0, 2*p + 1, (2, B, 1), device=dev))
-        j = torch.arange(W, device=dev)
-        flip = torch.rand(B, 1, device=dev) < 0.5 if self.flip else torch.zeros(B, 1, dtype=torch.bool, device=dev)
-        rows = oy + torch.arange(H, device=dev)                                   # B,H
-        cols = ox + torch.where(flip, W - 1 - j, j)                               # B,W
-        b = torch.arange(B, device=dev)[:, None, None]
-        return _like(xp[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2), x0)   # B,H,W,C -> B,C,H,W
-
-# %% ../nbs/10_data.ipynb #c2e6d8ae
-def _affine(x, theta, size=None, pad_mode='zeros'):
-    "Resample `x` `(B,C,H,W)` with the per-image affine maps `theta` `(B,2,3)` (output coords to input coords, in [-1,1])."
-    x0, x = x, _plain(x)
-    return _like(F.grid_sample(x, affine_grid(theta.to(x.dtype), size or x.shape[-2:]), mode='bilinear',
-                               padding_mode=pad_mode, align_corners=False), x0)
-
-def affine_grid(theta:Tensor, size) -> Tensor:
-    "`F.affine_grid(theta, (B,C,*size), align_corners=False)` by broadcasting: several times faster on CPU for small images."
-    H, W = size
-    t = theta[:, :, :, None, None]                                                        # B,2,3,1,1
-    u = (torch.arange(W, device=theta.device, dtype=theta.dtype) * 2 + 1) / W - 1          # pixel centres in [-1,1]
-    v = (torch.arange(H, device=theta.device, dtype=theta.dtype) * 2 + 1) / H - 1
-    g = t[:, :, 0] * u + t[:, :, 1] * v[:, None] + t[:, :, 2]                            # B,2,H,W
-    return g.permute(0, 2, 3, 1)                                                          # B,H,W,2
-
-class RandomAffine(Transform):
-    "Random rotation (up to `max_rotate` degrees) and zoom (1 to `max_zoom`), each with probability `p`, per image."
-    order, split_idx = 30, 0
-    def __init__(self, max_rotate:float=10., max_zoom:float=1.1, p:float=0.5, pad_mode:str='zeros'): store_attr()
-    def encodes(self, x:TensorImage):
-        B, dev = x.shape[0], x.device
-        ang = (torch.rand(B, device=dev) * 2 - 1) * self.max_rotate * torch.pi / 180
-        ang = ang * (torch.rand(B, device=dev) < self.p)
-        zoom = 1 + torch.rand(B, device=dev) * (self.max_zoom - 1)
-        zoom = torch.where(torch.rand(B, device=dev) < self.p, zoom, torch.ones_like(zoom))
-        c, s = ang.cos() / zoom, ang.sin() / zoom
-        z = torch.zeros_like(c)
-        theta = torch.stack([torch.stack([c, -s, z], 1), torch.stack([s, c, z], 1)], 1)   # B,2,3
-        return _affine(x, theta, pad_mode=self.pad_mode)
-
-# %% ../nbs/10_data.ipynb #2b10489a
-def _crop_theta(x0, y0, w, h, W, H, flip=None):
-    "Affine maps `(B,2,3)` that cut the windows `(x0, y0, w, h)` (pixels, tensors `(B,)`) from `W`x`H` images."
-    sx, sy = w / W, h / H
-    if flip is not None: sx = torch.where(flip, -sx, sx)
-    z = torch.zeros_like(sx)
-    return torch.stack([torch.stack([sx, z, (2*x0 + w) / W - 1], 1), torch.stack([z, sy, (2*y0 + h) / H - 1], 1)], 1)
-
-class RandomResizedCropBatch(Transform):
-    "Per-image random resized crop (and optional flip) to `size` on training batches; a plain resize on validation."
-    order, split_idx = 20, None
-    def __init__(self, size:int, scale=(0.35, 1.), ratio=(3/4, 4/3), flip:bool=False): store_attr()
-    def __call__(self, b, split_idx=None, **kwargs):
-        self._train = split_idx == 0    # fastai passes the data set's `split_idx` (0 = training)
-        return super().__call__(b, split_idx=split_idx, **kwargs)
-
-    def encodes(self, x:TensorImage):
-        B, C, H, W = x.shape
-        size, dev = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size), x.device
-        if not self._train: return _resize(x, size)
-        area = torch.empty(B, device=dev).uniform_(*self.scale)
-        logr = torch.empty(B, device=dev).uniform_(np.log(self.ratio[0]), np.log(self.ratio[1]))
-        w = (area * logr.exp()).sqrt().clamp(max=1) * W
-        h = (area / logr.exp()).sqrt().clamp(max=1) * H
-        x0, y0 = torch.rand(B, device=dev) * (W - w), torch.rand(B, device=dev) * (H - h)
-        flip = torch.rand(B, device=dev) < 0.5 if self.flip else None
-        return _affine(x, _crop_theta(x0, y0, w, h, W, H, flip), size, pad_mode='border')
-
-def _resize(x, size):
-    "Bilinear resize of a batch, antialiased when shrinking."
-    if tuple(x.shape[-2:]) == tuple(size): return x
-    return _like(F.interpolate(_plain(x), size=size, mode='bilinear', align_corners=False, antialias=size[0] < x.shape[-2]), x)
-
-class ResizeBatch(Transform):
-    "Resize every batch (training and validation) to `size`."
-    order = 15
-    def __init__(self, size): store_attr()
-    def encodes(self, x:TensorImage):
-        return _resize(x, (self.size, self.size) if isinstance(self.size, int) else tuple(self.size))
-
-# %% ../nbs/10_data.ipynb #e2527c17
-def batch_augs(
-    pad:int=0, # random translation by up to `pad` pixels (zero padding then crop)
-    flip:bool=False, # random horizontal flip (only where a mirrored image is still the same class)
-    rrc=None, # `(min_scale, max_scale)`: random resized crop instead of `pad` (needs `size`)
-    size=None, # output size for `rrc`
-    max_rotate:float=0., # random rotation of up to this many degrees
-    max_zoom:float=1., # random zoom between 1 and this
-    p_affine:float=0.5, # probability of rotating (and, separately, of zooming) each image
-) -> list: # fastai batch transforms
-    "Training-time batch augmentation transforms."
-    tfms = []
-    if rrc is not None:
-        if size is None: raise ValueError("rrc (random resized crop) needs an output size")
-        tfms.append(RandomResizedCropBatch(size, scale=tuple(rrc), flip=flip))
-    elif pad or flip: tfms.append(PadCropFlip(pad, flip))
-    if max_rotate or max_zoom > 1: tfms.append(RandomAffine(max_rotate, max_zoom, p_affine))
-    return tfms
-
-# %% ../nbs/10_data.ipynb #093ef7f4
-class IntToFloat(IntToFloatTensor):
-    "`IntToFloatTensor` computed on plain tensors."
-    def encodes(self, o:TensorImage): return _like(_plain(o).float().div_(self.div), o)
-
-class NormalizeFast(Normalize):
-    "`Normalize` computed on plain tensors."
-    def encodes(self, x:TensorImage): return _like((_plain(x) - self.mean) / self.std, x)
-
 # %% ../nbs/10_data.ipynb #deb3b5b4
 class ImageTensors:
     "An in-memory labelled image set: `uint8` images `x` `(N,C,H,W)`, labels `y` `(N,)`, class names `vocab`."
@@ -389,13 +262,15 @@ def tensor_dls(
     aug = dict(aug or {})
     if size is not None and aug.get('rrc') is not None: aug['size'] = size
     tfms = [IntToFloat()]
-    if size is not None and aug.get('rrc') is None: tfms.append(ResizeBatch(size))
+    if size is not None and aug.get('rrc') is None: tfms.append(ResizeImages(size))
     tfms += batch_augs(**aug) + [NormalizeFast.from_stats(mean, std, cuda=False)]
     kwargs = dict(num_workers=0, device=device) | kwargs     # in memory: worker processes would only pickle batches back
     trn = TensorImageDL(ImageTensors(xt, yt, vocab, 0), bs=bs, shuffle=True, drop_last=len(yt) > bs, after_batch=tfms, **kwargs)
     trn.rng = random.Random(seed)
     val = TensorImageDL(ImageTensors(xv, yv, vocab, 1), bs=ifnone(val_bs, 2*bs), shuffle=False, after_batch=tfms, **kwargs)
-    return DataLoaders(trn, val, path=path, device=device)
+    dls = DataLoaders(trn, val, path=path, device=device)
+    dls.stats = (mean, std)
+    return dls
 
 # %% ../nbs/10_data.ipynb #fd6636cb
 def fashion_mnist_dls(
@@ -440,8 +315,9 @@ def scan_images(
 
 # %% ../nbs/10_data.ipynb #8ac43b51
 def open_image(fn, channels:int=3, bg:int=255) -> Image.Image:
-    "Open `fn` as a 1-channel (`L`) or 3-channel (`RGB`) PIL image, compositing any transparency onto grey level `bg`."
-    im = Image.open(fn); im.load()
+    "Open `fn` (a file or a PIL image) as a 1-channel (`L`) or 3-channel (`RGB`) PIL image, compositing any transparency onto grey level `bg`."
+    if isinstance(fn, Image.Image): im = fn
+    else: im = Image.open(fn); im.load()
     if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
         im = Image.alpha_composite(Image.new('RGBA', im.size, (bg, bg, bg, 255)), im.convert('RGBA'))
     return im.convert('L' if channels == 1 else 'RGB')
@@ -458,6 +334,58 @@ class PILImageGrey(PILImageBW):
     def create(cls, fn, **kwargs):
         return cls(open_image(fn, 1)) if isinstance(fn, (str, Path)) else super().create(fn, **kwargs)
 
+# %% ../nbs/10_data.ipynb #861eedbf
+def prepare_image(
+    img, # an image file or a PIL image
+    size, # the model's `(H, W)`, or an int for a square
+    channels:int=3, # 1 (grey) or 3 (RGB)
+) -> TensorImage: # `(C, H, W)` float in [0, 1] (a `TensorImageBW` for 1 channel)
+    "An image as a model takes it: `open_image`, a centre crop to the aspect of `size` on whole pixels, /255, `resize_images`."
+    if channels not in (1, 3): raise ValueError(f"images are prepared with 1 or 3 channels, got channels={channels}")
+    H, W = (size, size) if isinstance(size, int) else tuple(size)
+    im = open_image(img, channels)
+    w, h = im.size
+    s = min(w / W, h / H)                                                   # the largest window with the aspect of `size`
+    cw, ch = max(1, min(w, round(W * s))), max(1, min(h, round(H * s)))
+    if (cw, ch) != (w, h):
+        l, t = (w - cw) // 2, (h - ch) // 2
+        im = im.crop((l, t, l + cw, t + ch))
+    x = torch.from_numpy(np.array(im))                                      # H,W (grey) or H,W,C uint8
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1).contiguous()         # C,H,W
+    return resize_images((TensorImageBW if channels == 1 else TensorImage)(x.float().div_(255)), (H, W))
+
+# %% ../nbs/10_data.ipynb #d7b811e0
+def image_batch(
+    imgs, # image files or PIL images (or one of them)
+    size, # the model's `(H, W)`, or an int for a square
+    channels:int=3, # 1 or 3
+    stats=None, # `(mean, std)` per channel (e.g. `dls.stats`), normalised as `NormalizeFast` does; `None`: left in [0, 1]
+) -> Tensor: # `(B, C, H, W)` float
+    "Images as one batch for a model, each by `prepare_image`, then normalised: bit for bit as the data's validation batches."
+    if isinstance(imgs, (str, Path, Image.Image)): imgs = [imgs]
+    xs = [_untyped(prepare_image(im, size, channels)) for im in imgs]
+    if not xs: raise ValueError("image_batch needs at least one image, got none")
+    x = torch.stack(xs)                                                     # B,C,H,W
+    if stats is None: return x
+    mean, std = stats
+    if len(mean) not in (1, channels) or len(std) != len(mean):
+        raise ValueError(f"stats for {channels}-channel images need 1 or {channels} means and as many stds, "
+                         f"got {len(mean)} and {len(std)}")
+    return _untyped(NormalizeFast.from_stats(mean, std, cuda=False)(TensorImage(x)))
+
+# %% ../nbs/10_data.ipynb #b4cf3d81
+class PrepareImage(Transform):
+    "fastai item transform: `prepare_image` to `size`; with `split_idx=1` (the default) on the validation images only."
+    order = 1                                                               # before `ToTensor` (5), as fastai's `Resize`
+    def __init__(self, size, channels:int=3, split_idx:int|None=1): store_attr()
+    def encodes(self, x:PILImage): return prepare_image(x, self.size, self.channels)
+
+class _TrainOnly(Transform):
+    "The fastai batch transform `tfm`, on training batches only."
+    split_idx = 0
+    def __init__(self, tfm): self.tfm, self.order = tfm, tfm.order
+    def encodes(self, x:TensorImage): return self.tfm(x, split_idx=0)
+
 # %% ../nbs/10_data.ipynb #0a150248
 def _class_dirs(d:Path): return sorted(o for o in d.iterdir() if o.is_dir() and not o.name.startswith('.'))
 
@@ -470,9 +398,9 @@ def image_folder_dls(
     valid:str='valid', # name of the validation folder, if split
     valid_pct:float=0.2, # otherwise: the fraction held out at random
     seed:int=42, # seed of that split
-    aug:bool=True, # fastai's `aug_transforms` (random resized crop, flip, small affine) on training batches
+    aug:bool=True, # training images: fastai's `RandomResizedCrop`, then `aug_transforms` (flip, rotation, zoom, lighting)
     flip:bool=True, # horizontal flips (off where a mirrored image changes class)
-    min_scale:float=0.75, # smallest area fraction of the random crops
+    min_scale:float=0.75, # smallest area fraction of the random crops (training)
     stats='half', # `(mean, std)` per channel; `'half'`: 0.5, 0.5 (the released ViTs'); `'imagenet'`
     get_y=parent_label, # label of a file (picklable, for `learn.export`)
     scan:bool=True, # decode every file first and leave out bad ones (see `scan_images`)
@@ -496,14 +424,18 @@ def image_folder_dls(
     mean, std = dict(half=([0.5] * 3, [0.5] * 3), imagenet=([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])).get(stats, stats) \
                 if isinstance(stats, str) else stats
     if len(mean) != channels: mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
-    item_tfms = Resize(round(size * 1.15) if aug else size)                        # presize, then crop on the batch
-    batch_tfms = (aug_transforms(size=size, min_scale=min_scale, do_flip=flip, max_lighting=0.1 if channels == 3 else 0.,
-                                 max_warp=0.) if aug else []) + [Normalize.from_stats(mean, std, cuda=False)]
-    dblock = DataBlock(blocks=(ImageBlock(PILImageGrey if channels == 1 else PILImageRGB), CategoryBlock(vocab=vocab)),
+    if aug:
+        crop = RandomResizedCrop(size, min_scale=min_scale)
+        crop.split_idx = 0                                       # training only (fastai's default: a centre crop on validation too)
+        item_tfms = [crop, PrepareImage(size, channels, split_idx=1)]
+        batch_tfms = [_TrainOnly(t) for t in aug_transforms(do_flip=flip, max_lighting=0.1 if channels == 3 else 0., max_warp=0.)]
+    else: item_tfms, batch_tfms = [PrepareImage(size, channels, split_idx=None)], []
+    img = PILImageGrey if channels == 1 else PILImageRGB
+    dblock = DataBlock(blocks=(TransformBlock(type_tfms=img.create, batch_tfms=IntToFloat), CategoryBlock(vocab=vocab)),
                        get_y=get_y, splitter=GrandparentSplitter(train, valid) if is_split else RandomSplitter(valid_pct, seed),
-                       item_tfms=item_tfms, batch_tfms=batch_tfms)
+                       item_tfms=item_tfms, batch_tfms=batch_tfms + [NormalizeFast.from_stats(mean, std, cuda=False)])
     dls = dblock.dataloaders(good, bs=bs, path=path, **kwargs)
-    dls.bad_files = bad
+    dls.bad_files, dls.stats = bad, (mean, std)
     return dls
 
 # %% ../nbs/10_data.ipynb #5a336bdf
