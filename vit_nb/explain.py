@@ -67,7 +67,7 @@ def show_filter_pcs(
     ratio:Tensor=None, # fraction of variance of each, shown as a title
     ncols:int=7, # images per row
     figsize=(6, 4), # figure size in inches
-) -> 'matplotlib.figure.Figure':
+): # a matplotlib `Figure`
     "Plot principal components of the embedding filters as a grid of images, each scaled to its own range."
     k = len(pcs); nrows = math.ceil(k / ncols)
     plt = _pyplot()
@@ -118,7 +118,7 @@ def _mosaic(maps:np.ndarray) -> np.ndarray:
 def show_pos_similarity(
     sim:Tensor, # `(gh, gw, gh, gw)` from `pos_embed_similarity`
     figsize=(6, 4), # figure size in inches
-) -> 'matplotlib.figure.Figure':
+): # a matplotlib `Figure`
     "Plot the position-embedding similarities as a grid of small heatmaps on the patch grid (Fig. 7 centre)."
     gh, gw = sim.shape[:2]
     plt = _pyplot()
@@ -215,7 +215,7 @@ def show_attention_distance(
     img_size=None, # the images' size, for the title
     uniform:float=None, # draw this reference line, e.g. `uniform_attention_distance(grid, stride)`
     figsize=(6, 4), # figure size in inches
-) -> 'matplotlib.figure.Figure':
+): # a matplotlib `Figure`
     "Scatter each head's mean attention distance against the layer (Fig. 7 right)."
     L, h = dist.shape
     plt = _pyplot()
@@ -289,7 +289,7 @@ def show_attention_maps(
     suptitle:str=None, # a title for the figure
     alpha:float=0.6, # opacity of the map
     figsize=None, # default: 1 inch per panel, at most 6 inches wide
-) -> 'matplotlib.figure.Figure':
+): # a matplotlib `Figure`
     "Overlay the rollout and per-head attention maps on each image: one row per image."
     B, h = heads.shape[:2]
     H, W = images.shape[-2:]
