@@ -8,8 +8,9 @@ Docs: https://vit-nb.github.io/vit_nb/data.html.md"""
 __all__ = ['FASHION_MNIST_CLASSES', 'FASHION_MNIST_FILES', 'FASHION_MNIST_ENV', 'FASHION_MNIST_SYSTEM', 'IMAGENETTE_CLASSES',
            'read_idx', 'TensorData', 'cache_dir', 'find_fashion_mnist', 'fashion_mnist', 'stratified_order', 'digits',
            'ImageTensors', 'TensorImageDL', 'tensor_dls', 'fashion_mnist_dls', 'digits_dls', 'check_image',
-           'scan_images', 'open_image', 'PILImageRGB', 'PILImageGrey', 'prepare_image', 'image_batch', 'PrepareImage',
-           'image_folder_dls', 'imagenette_label', 'fastai_data', 'cifar10_dls', 'imagenette_dls']
+           'find_image_files', 'scan_images', 'open_image', 'PILImageRGB', 'PILImageGrey', 'prepare_image',
+           'image_batch', 'PrepareImage', 'image_folder_dls', 'imagenette_label', 'fastai_data', 'cifar10_dls',
+           'imagenette_dls']
 
 # %% ../nbs/10_data.ipynb #8b11b2b4
 import gzip, os, random, struct, warnings
@@ -298,20 +299,51 @@ def check_image(fn) -> str|None:
     except Exception as e: return f"{type(e).__name__}: {e}"
     return None
 
+def find_image_files(
+    path, # the folder to search (recursively)
+    folders=None, # only these sub-folders of `path` (e.g. `['train', 'valid']`)
+) -> tuple: # `(files, [(path, why skipped), ...])`
+    "Image files under `path`, each once: links are followed, but never round a loop, twice to one file, or when they lead nowhere."
+    from fastai.data.transforms import image_extensions
+    path = Path(path)
+    roots = [path/f for f in folders] if folders else [path]
+    seen_dirs, found, skipped = set(), [], []
+    for root in roots:
+        if not root.is_dir(): continue
+        for d, dirs, fs in os.walk(root, followlinks=True):
+            real = os.path.realpath(d)
+            if real in seen_dirs:                                   # a link back into a folder already walked
+                skipped.append((Path(d), "a link to a folder already searched (a loop or a second way in): not followed"))
+                dirs[:] = []; continue
+            seen_dirs.add(real)
+            dirs[:] = sorted(x for x in dirs if not x.startswith('.'))  # hidden folders (.ipynb_checkpoints, ...) skipped
+            for name in sorted(fs):
+                if name.startswith('.') or Path(name).suffix.lower() not in image_extensions: continue
+                f = Path(d)/name
+                if not f.exists(): skipped.append((f, "a link that leads nowhere (dangling, or to itself)")); continue
+                found.append((f, os.path.realpath(f)))
+    keep = {}                                                       # real file -> the path kept: not a link if there is one
+    for f, r in found:
+        if r not in keep or (keep[r].is_symlink() and not f.is_symlink()): keep[r] = f
+    skipped += [(f, f"the same file as {keep[r]} (a link): counted once") for f, r in found if keep[r] != f]
+    return [f for f, r in found if keep[r] == f], skipped
+
 def scan_images(
     path, # the folder to search (recursively)
     folders=None, # only these sub-folders of `path` (e.g. `['train', 'valid']`)
     n_workers:int=4, # decoding threads
     warn:bool=True, # warn with the list of bad files
-) -> tuple: # `(good files, [(bad file, reason), ...])`
-    "Find the image files under `path`, decode each, and split them into good ones and bad ones."
-    files = get_image_files(path, folders=folders)
+) -> tuple: # `(good files, [(bad or skipped file, reason), ...])`
+    "Find the image files under `path` (`find_image_files`), decode each, and split them into good ones and bad ones."
+    files, skipped = find_image_files(path, folders)
     with ThreadPoolExecutor(n_workers) as ex: why = list(ex.map(check_image, files))
     good = [f for f, w in zip(files, why) if w is None]
     bad = [(f, w) for f, w in zip(files, why) if w is not None]
     if bad and warn:
         warnings.warn(f"skipping {len(bad)} unreadable image(s) of {len(files)} in {path}:\n" + "\n".join(f"  {f}: {w}" for f, w in bad))
-    return good, bad
+    if skipped and warn:
+        warnings.warn(f"skipping {len(skipped)} link(s) in {path}:\n" + "\n".join(f"  {f}: {w}" for f, w in skipped))
+    return good, bad + skipped
 
 # %% ../nbs/10_data.ipynb #8ac43b51
 def open_image(fn, channels:int=3, bg:int=255) -> Image.Image:
@@ -414,7 +446,7 @@ def image_folder_dls(
     roots = [path/train, path/valid] if is_split else [path]
     cls_dirs = [c for r in roots for c in _class_dirs(r)]
     if not cls_dirs: raise ValueError(f"no class folders in {', '.join(map(str, roots))}: put each class's images in a sub-folder named after it")
-    good, bad = scan_images(path, folders=[train, valid] if is_split else None) if scan else (get_image_files(path), [])
+    good, bad = scan_images(path, folders=[train, valid] if is_split else None) if scan else find_image_files(path, [train, valid] if is_split else None)
     n_good = Counter(f.parent for f in good)
     if (empty := [str(c) for c in cls_dirs if not n_good[c]]):
         raise ValueError(f"class folder(s) with no readable images: {', '.join(empty)}")

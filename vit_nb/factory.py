@@ -110,6 +110,11 @@ def _fsync_dir(d:Path):
     except OSError: pass
     finally: os.close(fd)
 
+def _umask() -> int:
+    "The process's umask (read by setting it, then restoring it)."
+    m = os.umask(0o022); os.umask(m)
+    return m
+
 def atomic_write(
     path, # the file to write (replaced if it exists)
     write:Callable, # `write(tmp_path:str)` writes the whole content to the temporary file
@@ -120,6 +125,7 @@ def atomic_write(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())                           # mkstemp makes it 0600: give it the user's usual mode
         write(tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())          # on disk before it takes the name
         os.replace(tmp, path)
@@ -192,9 +198,15 @@ def read_metadata(
         own, other = {}, {}
         for k, v in meta.items():
             try: d = json.loads(v)
-            except ValueError: d = v                                   # a plain string (e.g. the family)
+            except ValueError as e:
+                if k in (_META + 'config', _META + 'stats', _META + 'vocab'):
+                    raise ValueError(f"the {k} metadata of {path} is not valid JSON ({e}): the file is damaged; "
+                                     "re-save the model with save_model") from None
+                d = v                                                  # a plain string (e.g. the family)
             if k.startswith(_META): own[k[len(_META):]] = d
             elif isinstance(d, dict): other |= _find_info(d)
+        if not isinstance(own.get('config', {}), dict):
+            raise ValueError(f"the vit_nb.config metadata of {path} is a {type(own['config']).__name__}, not a configuration")
         if isinstance(own.get('vocab'), list): own['vocab'] = [str(v) for v in own['vocab']]
         found += [own, other]
     for p in dict.fromkeys([path.with_suffix('.json'), path.parent/'config.json']):

@@ -37,35 +37,48 @@ def _weights_in(d:Mapping) -> dict:
         d = inner
     return {k: _to_tensor(v) for k, v in d.items()}
 
+def _not_weights(path:Path, kind:str, why) -> ValueError:
+    "The error for a file that cannot be read as `kind` weights."
+    return ValueError(f"{path} is not a readable {kind} weights file ({why}): it is damaged, truncated or of another "
+                      "format; re-save or re-download it")
+
 def read_weights(
     src, # a state dict, or the path of a `.safetensors`, `.pt`/`.pth`/`.bin`/`.ckpt` or `.npz` file
 ) -> dict: # parameter name -> tensor
-    "Read weights without ever unpickling arbitrary objects."
+    "Read weights without ever unpickling arbitrary objects; a damaged file is reported as such, by name."
     if isinstance(src, Mapping): return _weights_in(src)
     path = Path(src)
     if not path.is_file(): raise FileNotFoundError(f"no weights file at {str(path)!r}")
     suffix = path.suffix.lower()
+    if suffix not in ('.safetensors', '.npz', *_TORCH_SUFFIXES):
+        raise ValueError(f"unsupported weights file {path.name!r}: use .safetensors, {'/'.join(_TORCH_SUFFIXES)} or .npz")
+    with open(path, 'rb') as f: head = f.read(4)
+    if not head: raise _not_weights(path, suffix[1:], "the file is empty, 0 bytes")
     if suffix == '.safetensors':
         from safetensors.torch import load_file
-        return load_file(path, device='cpu')
-    if suffix in _TORCH_SUFFIXES:
-        try: obj = torch.load(path, map_location='cpu', weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"refusing to unpickle {path.name}: it holds objects other than tensors, dicts and numbers, and "
-                "unpickling those runs code. If you trust the file, load it yourself with "
-                "torch.load(path, weights_only=False) and pass the state dict; better, re-save the weights with "
-                f"`vit_nb.factory.save_model` (safetensors). ({str(e).splitlines()[0]})") from None
-        if not isinstance(obj, Mapping): raise ValueError(f"{path.name} holds a {type(obj).__name__}, not a state dict")
-        return _weights_in(obj)
+        try: return load_file(path, device='cpu')
+        except Exception as e: raise _not_weights(path, 'safetensors', e) from None
     if suffix == '.npz':
+        if head != b'PK\x03\x04': raise _not_weights(path, 'npz', "no zip archive header")
         try:
             with np.load(path, allow_pickle=False) as z: return {k: _to_tensor(z[k]) for k in z.files}
         except ValueError as e:
+            if 'pickle' not in str(e): raise _not_weights(path, 'npz', e) from None
             raise ValueError(f"refusing to load {path.name}: it holds pickled object arrays ({e}); "
                              "weights must be plain numeric arrays") from None
-    raise ValueError(f"unsupported weights file {path.name!r}: use .safetensors, "
-                     f"{'/'.join(_TORCH_SUFFIXES)} or .npz")
+        except Exception as e: raise _not_weights(path, 'npz', e) from None
+    if head != b'PK\x03\x04' and head[:1] != b'\x80':               # torch.save writes a zip archive (or, long ago, a pickle)
+        raise _not_weights(path, 'PyTorch', "neither a zip archive nor a pickle")
+    try: obj = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"refusing to unpickle {path.name}: it holds objects other than tensors, dicts and numbers, and "
+            "unpickling those runs code. If you trust the file, load it yourself with "
+            "torch.load(path, weights_only=False) and pass the state dict; better, re-save the weights with "
+            f"`vit_nb.factory.save_model` (safetensors). ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as e: raise _not_weights(path, 'PyTorch', str(e).splitlines()[0]) from None
+    if not isinstance(obj, Mapping): raise ValueError(f"{path.name} holds a {type(obj).__name__}, not a state dict")
+    return _weights_in(obj)
 
 # %% ../nbs/06_weights.ipynb #cbd4badf
 _PREFIXES = ('module.', 'model.', '_orig_mod.', 'opt/target/')
