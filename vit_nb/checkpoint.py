@@ -96,12 +96,16 @@ class TrainingInterrupted(Exception):
         super().__init__(f"{self.signame} received: stopped at epoch {epoch + 1}, batch {it}; checkpoint written to {self.path}")
 
 class NonFiniteLossError(FloatingPointError):
-    "The training loss became NaN or infinite."
-    def __init__(self, loss:float, epoch:int, it:int, last_good=None):
-        self.loss, self.epoch, self.iter, self.last_good = loss, epoch, it, last_good
+    "The training loss, the gradients or the weights became NaN or infinite."
+    def __init__(self, loss:float, epoch:int, it:int|None, last_good=None, what:str='loss'):
+        self.loss, self.epoch, self.iter, self.last_good, self.what = loss, epoch, it, last_good, what
         keep = (f"the last good checkpoint is {last_good}" if last_good else "no checkpoint had been written yet")
-        super().__init__(f"the training loss is {loss} at epoch {epoch + 1}, batch {it + 1}: stopped before the "
-                         f"optimiser step; {keep}. Lower the learning rate or check the data.")
+        found = {'loss': f"the training loss is {loss}", 'gradients': f"the gradients are not finite (the loss is {loss:.4g})",
+                 'weights': "the weights or the optimiser state are not finite"}[what]
+        when = "stopped before the optimiser step" if what != 'weights' else "not saved"
+        at = f"at the end of epoch {epoch + 1}" if it is None else f"at epoch {epoch + 1}, batch {it + 1}"
+        super().__init__(f"{found} {at}: {when}; {keep}. "
+                         "Lower the learning rate or check the data.")
 
 # %% ../nbs/12_checkpoint.ipynb #1f69809f
 class Checkpointer(Callback):
@@ -136,8 +140,17 @@ class Checkpointer(Callback):
         self._old = {}
 
     # --- saving ---
+    def _finite(self) -> bool:
+        "Whether every weight and every floating-point optimiser statistic is finite."
+        ts = list(unwrap_model(self.model).parameters())
+        ts += [v for s in self.learn.opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in ts]).all()) if ts else True
+
     def save(self, epoch:int, it:int) -> Path:
-        "Write the state after `it` batches of epoch `epoch`."
+        "Write the state after `it` batches of epoch `epoch`, if it is finite (else stop, keeping the last good one)."
+        if self.check_finite and not self._finite():
+            self._restore_signals()
+            raise NonFiniteLossError(float(self.learn.loss), epoch - 1 if it == 0 else epoch, None if it == 0 else it - 1, self.saved, what='weights')
         if rank_info()[0] == 0:
             atomic_save(training_state(self.learn, epoch, it, self.rng_epoch if it else None, self.meta), self.fname)
         self.saved = self.fname
@@ -150,6 +163,8 @@ class Checkpointer(Callback):
     # --- the training loop ---
     def before_fit(self):
         self.stop_signal, self.rng_epoch, self._skip = None, None, False
+        if rank_info()[0] == 0:                          # temporaries a kill -9 left in the middle of a write
+            for t in self.fname.parent.glob(f'.{self.fname.name}.*.tmp'): t.unlink(missing_ok=True)
         self._install_signals()
         if self.resume is None: return
         st = self.resume
@@ -189,6 +204,13 @@ class Checkpointer(Callback):
         if self.training and self.check_finite and not torch.isfinite(self.learn.loss_grad).all():
             self._restore_signals()
             raise NonFiniteLossError(self.learn.loss_grad.detach().float().mean().item(), self.epoch, self.iter, self.saved)
+
+    def before_step(self):
+        if not (self.training and self.check_finite): return
+        gs = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if gs and not bool(torch.stack([torch.isfinite(g).all() for g in gs]).all()):
+            self._restore_signals()
+            raise NonFiniteLossError(self.learn.loss_grad.detach().float().mean().item(), self.epoch, self.iter, self.saved, what='gradients')
 
     def after_batch(self):
         if not self.training: return
