@@ -9,7 +9,7 @@ __all__ = ['atomic_save', 'rng_state', 'set_rng_state', 'training_state', 'load_
            'NonFiniteLossError', 'Checkpointer']
 
 # %% ../nbs/12_checkpoint.ipynb #e6fd9f93
-import os, random, signal, sys, threading
+import io, os, random, signal, sys, threading
 from pathlib import Path
 import numpy as np
 import torch
@@ -22,8 +22,10 @@ from .distributed import rank_info
 
 # %% ../nbs/12_checkpoint.ipynb #9030ec74
 def atomic_save(obj, path) -> Path:
-    "`torch.save(obj)` to `path` atomically (see `vit_nb.factory.atomic_write`)."
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    "`torch.save(obj)` to `path` atomically (see `vit_nb.factory.atomic_write`); a full disk raises `OSError` (`ENOSPC`, `EFBIG`)."
+    buf = io.BytesIO()
+    torch.save(obj, buf)                                            # in memory, then written by Python: errors keep their errno
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getbuffer()))
 
 # %% ../nbs/12_checkpoint.ipynb #5b3fd773
 def rng_state(dl=None) -> dict:

@@ -9,7 +9,7 @@ __all__ = ['UsageError', 'new_run_dir', 'dls_stats', 'confusion_matrix', 'plot_t
            'write_outputs', 'train', 'finetune', 'evaluate', 'predict', 'explain']
 
 # %% ../nbs/13_cli.ipynb #c8f3c811
-import json, math, os, sys, time
+import errno, json, math, os, sys, time
 from pathlib import Path
 from fastcore.script import call_parse
 
@@ -55,17 +55,24 @@ def _readable_file(p, what:str) -> Path:
 def new_run_dir(root='runs', name:str=None) -> Path:
     "Create and return a new, empty run folder under `root` (never an existing one)."
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try: root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {str(root)!r} cannot hold run folders ({e.strerror or e}: is it a file, inside a file, "
+                         "or on a read-only disk?): choose another --out") from None
+    _check(os.access(root, os.W_OK | os.X_OK), f"--out {str(root)!r} is not writable: choose another --out")
     if name:
+        _check(name not in ('.', '..') and '/' not in name and '\\' not in name, f"--name {name!r} must be a plain folder name")
         d = root/name
         try: d.mkdir()
         except FileExistsError: raise UsageError(f"run folder {str(d)!r} exists already: choose another --name") from None
+        except OSError as e: raise UsageError(f"cannot create the run folder {str(d)!r}: {e.strerror or e}") from None
         return d
     stamp = time.strftime('%Y%m%d-%H%M%S')
     for i in range(1, 10_000):
         d = root/(stamp if i == 1 else f'{stamp}-{i}')
         try: d.mkdir(); return d
         except FileExistsError: continue
+        except OSError as e: raise UsageError(f"cannot create a run folder in {str(root)!r}: {e.strerror or e}") from None
     raise RuntimeError(f"could not create a new run folder in {root}")
 
 # %% ../nbs/13_cli.ipynb #9a476595
@@ -76,14 +83,26 @@ def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, s
         try: td = vd.fashion_mnist(data_path) if data == 'fashion_mnist' else vd.digits()
         except FileNotFoundError as e: raise UsageError(str(e)) from None
         if subset is not None: _check(0 < subset <= len(td.y_train), f"--subset {subset}: there are {len(td.y_train)} training images")
+        _check(n_valid is None or n_valid >= 1, f"--n-valid must be at least 1 (or left out for all {len(td.y_valid)} test images), got {n_valid}")
         dls = vd.tensor_dls(td, bs=bs, size=size, channels=channels, n_train=subset, n_valid=n_valid, seed=seed,
                             stats=stats, aug=aug)
         return dls, list(dls.vocab), dls_stats(dls)
     p = Path(data).expanduser()
     _check(p.is_dir(), f"--data {data!r} is neither 'fashion_mnist', 'digits' nor an existing folder of images")
     _check(size is not None, f"--size is needed for an image folder (the model's resolution)")
-    dls = vd.image_folder_dls(p, size=size, channels=channels or 3, bs=bs, aug=aug, stats=stats or 'half')
-    if getattr(dls, 'bad_files', None): print(f"skipped {len(dls.bad_files)} unreadable image(s) in {p}", file=sys.stderr)
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')                      # the skipped files are summed up below
+            dls = vd.image_folder_dls(p, size=size, channels=channels or 3, bs=bs, aug=aug, stats=stats or 'half')
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"--data {data!r}: {e}. An image folder holds one sub-folder of images per class "
+                         "(or train/ and valid/ folders of those)") from None
+    _check(len(dls.train_ds) > 0 and len(dls.valid_ds) > 0, f"--data {data!r}: {len(dls.train_ds)} training and "
+           f"{len(dls.valid_ds)} validation images: too few images to split; add images")
+    if getattr(dls, 'bad_files', None):
+        print(f"skipped {len(dls.bad_files)} file(s) in {p}: " + '; '.join(f"{f.name}: {w}" for f, w in dls.bad_files[:5])
+              + (' ...' if len(dls.bad_files) > 5 else ''), file=sys.stderr)
     return dls, list(dls.vocab), dls_stats(dls)
 
 def dls_stats(dls) -> tuple:
@@ -165,7 +184,7 @@ def write_outputs(learn, run:Path, res:dict, vocab, stats, args:dict, seconds:fl
     times = [None] * (len(hist[1]) - len(hist[2])) + list(hist[2])    # a resumed run times only its own epochs
     epochs = [dict(epoch=i + 1, **{k: float(v) for k, v in zip(names, row)}, seconds=t) for i, (row, t) in enumerate(zip(hist[1], times))]
     metrics = dict(test_accuracy=res['accuracy'], test_loss=res['loss'], n_test=res['n'], n_train=len(learn.dls.train_ds),
-                   epochs=epochs, train_seconds=round(seconds, 1), params=sum(p.numel() for p in m.parameters()),
+                   epochs=epochs, train_seconds=None if seconds is None else round(seconds, 1), params=sum(p.numel() for p in m.parameters()),
                    command=command, args=args)
     atomic_write(run/'metrics.json', lambda t: Path(t).write_text(json.dumps(metrics, indent=1, default=str)))
     plot_training(*hist[:2], run/'training_curve.png')
@@ -184,7 +203,12 @@ def _resume_args(resume, command:str) -> tuple:
     meta = st.get('meta', {})
     if meta.get('command') != command:
         raise UsageError(f"{p} is a checkpoint of vit-nb-{meta.get('command')}, not vit-nb-{command}: resume it with that command")
-    return p.parent, st, dict(meta['args'])
+    run = p.parent
+    if st['epoch'] >= st['n_epoch'] and not st['iter'] and (run/'metrics.json').is_file() and (run/'model.safetensors').is_file():
+        raise UsageError(f"{run} is a finished run ({st['n_epoch']} of {st['n_epoch']} epochs, its outputs written): there is "
+                         "nothing to resume, and nothing was changed. To train further, start a new run (e.g. "
+                         f"vit-nb-finetune {run} ...), or vit-nb-{command} again with more --epochs")
+    return run, st, dict(meta['args'])
 
 def _setup(threads):
     "Thread count; under `torchrun`, join the process group (see `vit_nb.distributed`)."
@@ -216,6 +240,7 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
     ddp = learn.distrib_ctx(cpu=not torch.cuda.is_available()) if world > 1 else nullcontext()
     if world > 1: print(f"rank {rank} of {world}: {-(-len(learn.dls.train) // world)} batches of {args['bs']} per epoch", flush=True)
     t0, clock = time.perf_counter(), _epoch_clock()
+    finished = resume_state is not None and resume_state['epoch'] >= resume_state['n_epoch'] and not resume_state['iter']   # outputs missing
     try:
         with ddp:
             if args.get('no_bar'):
@@ -227,18 +252,33 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
               f"Resume with:  vit-nb-{command} --resume {run}", file=sys.stderr, flush=True)
         return 128 + e.signum
     except NonFiniteLossError as e:
-        print(f"\nvit-nb-{command}: stopped: the training loss is {e.loss} at epoch {e.epoch + 1}, batch {e.iter + 1}. "
-              + (f"The last good checkpoint is {e.last_good} (resume with: vit-nb-{command} --resume {run})."
-                 if e.last_good else "No checkpoint had been written yet.")
-              + " Lower the learning rate (--lr) or check the data.", file=sys.stderr, flush=True)
+        print(f"\nvit-nb-{command}: stopped: {e.args[0].split(': ')[0]}. "
+              + (f"The last good checkpoint is {e.last_good}: `vit-nb-{command} --resume {run}` continues from it with "
+                 "the run's own settings, so it will likely diverge again. " if e.last_good else "No checkpoint had been written yet. ")
+              + f"Start a new run with a lower --lr than {args['lr']} (or check the data).", file=sys.stderr, flush=True)
         return 3
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT): raise
+        print(f"\nvit-nb-{command}: the disk is full (or a file-size limit was reached): {e.strerror}. Every file is written "
+              f"whole or not at all, so what {run} held is intact. Free some space, then resume with: "
+              f"vit-nb-{command} --resume {run}", file=sys.stderr, flush=True)
+        return 1
     seconds = time.perf_counter() - t0
     if rank != 0: return 0                                   # rank 0 evaluates and writes the run folder
     hist = (list(learn.recorder.losses), [list(v) for v in learn.recorder.values], clock.times)
+    if finished:                                             # trained before; only the outputs were missing
+        r = resume_state['recorder']
+        hist, seconds = ([float(l) for l in r['losses']], [[float(x) for x in v] for v in r['values']], []), None
     res = evaluate_learner(learn)
-    write_outputs(learn, run, res, vocab, stats, args, seconds, command, hist)
+    try: write_outputs(learn, run, res, vocab, stats, args, seconds, command, hist)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT): raise
+        print(f"\nvit-nb-{command}: the disk is full (or a file-size limit was reached) writing the outputs: {e.strerror}. "
+              f"The training state is in {run}/checkpoint.pt; free some space, then write the outputs with: "
+              f"vit-nb-{command} --resume {run}", file=sys.stderr, flush=True)
+        return 1
     print(f"test accuracy: {res['accuracy']:.4f} ({res['n']:,} images), loss {res['loss']:.4f}, "
-          f"training {seconds:.0f} s\nwrote {run}/: " + ', '.join(sorted(p.name for p in run.iterdir())), flush=True)
+          + (f"training {seconds:.0f} s" if seconds is not None else "trained before") + f"\nwrote {run}/: " + ', '.join(sorted(p.name for p in run.iterdir())), flush=True)
     return 0
 
 # %% ../nbs/13_cli.ipynb #b4a58e2c
@@ -247,7 +287,15 @@ def _preset_size(arch:str):
     from vit_nb.factory import MODELS
     return MODELS[arch].img_size
 
-def _check_common(epochs, bs, lr, subset, threads):
+def _in(v, lo, hi, name, what):
+    "A usage error unless `lo <= v < hi` (and finite)."
+    _check(v is None or (math.isfinite(v) and lo <= v < hi), f"{name} must be {what}, got {v}")
+
+def _check_common(epochs, bs, lr, subset, threads, warmup=0., clip=0., every=0, n_valid=None):
+    _in(warmup, 0, math.inf, '--warmup', 'a fraction of training in [0, 1) or a number of steps >= 1')
+    _in(clip, 0, math.inf, '--clip', 'a global norm >= 0 (0: off)')
+    _check(every >= 0, f"--every must be a number of batches >= 0 (0: each epoch), got {every}")
+    _check(n_valid is None or n_valid >= 1, f"--n-valid must be at least 1 (or left out for all test images), got {n_valid}")
     _check(epochs >= 1, f"--epochs must be at least 1, got {epochs}")
     _check(bs >= 1, f"--bs must be at least 1, got {bs}")
     _check(lr > 0 and math.isfinite(lr), f"--lr must be a positive number, got {lr}")
@@ -294,7 +342,17 @@ def train(
         run, st, args = _resume_args(resume, 'train')
         print(f"resuming {run} from epoch {st['epoch'] + 1}, batch {st['iter']}", flush=True)
     else:
-        _check_common(epochs, bs, lr, subset, threads)
+        _check_common(epochs, bs, lr, subset, threads, warmup, clip, every, n_valid)
+        _in(wd, 0, math.inf, '--wd', 'a weight decay >= 0')
+        _in(label_smoothing, 0, 1, '--label-smoothing', 'in [0, 1)')
+        _in(drop_path, 0, 1, '--drop-path', 'a probability in [0, 1)')
+        _in(mixup, 0, math.inf, '--mixup', 'an alpha >= 0 (0: off)')
+        _in(cutmix, 0, math.inf, '--cutmix', 'an alpha >= 0 (0: off)')
+        _check(size is None or size >= 1, f"--size must be positive, got {size}")
+        for k, v in dict(patch_size=patch_size, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim).items():
+            _check(v is None or v >= 1, f"--{k.replace('_', '-')} must be positive, got {v}")
+        if data not in ('fashion_mnist', 'digits'): args['data'] = str(Path(data).expanduser().absolute())   # resumable from anywhere
+        if data_path: args['data_path'] = str(Path(data_path).expanduser().absolute())
         from vit_nb.model import check_preset
         from vit_nb.factory import MODELS
         try: check_preset(arch, MODELS, 'model')
@@ -372,17 +430,26 @@ def finetune(
         print(f"resuming {run} from epoch {st['epoch'] + 1}, batch {st['iter']}", flush=True)
     else:
         _check(weights is not None, "the weights to fine-tune are required (a run folder or a .safetensors file)")
-        _check_common(epochs, bs, lr, subset, threads)
+        _check_common(epochs, bs, lr, subset, threads, warmup, clip, every, n_valid)
         _check(size >= 1, f"--size must be positive, got {size}")
         _check(layer_decay is None or 0 < layer_decay <= 1, f"--layer-decay must be in (0, 1], got {layer_decay}")
-        args['weights'] = str(_weights_file(weights))
+        args['weights'] = str(_weights_file(weights).absolute())
+        if data not in ('fashion_mnist', 'digits'): args['data'] = str(Path(data).expanduser().absolute())
+        if data_path: args['data_path'] = str(Path(data_path).expanduser().absolute())
         st, run = None, None
     _setup(args['threads'])
     from fastai.torch_core import set_seed
     from vit_nb.learner import vit_learner
 
     def make(a):
-        model, info = _load(a['weights'])
+        if st is not None and not Path(a['weights']).exists() and 'model_config' in a:   # the checkpoint holds the weights
+            from vit_nb.factory import FAMILIES
+            fam, cfg = a['model_config']
+            model, info = FAMILIES[fam].build(cfg), dict(a['model_info'])
+        else:
+            model, info = _load(a['weights'])
+            from vit_nb.factory import model_config
+            a['model_config'], a['model_info'] = model_config(model), {k: info[k] for k in ('mean', 'std', 'vocab')}
         _check(a['size'] % model.cfg.patch_size == 0, f"--size {a['size']} is not a multiple of the patch size {model.cfg.patch_size}")
         stats = (info['mean'], info['std'])                    # the normalisation it was trained with
         dls, vocab, stats = _data(a['data'], a['data_path'], a['size'], a['bs'], a['subset'], a['n_valid'], a['seed'],
@@ -409,6 +476,13 @@ def evaluate(
 ):
     "Evaluate trained weights on a data set's test (validation) images: accuracy and loss."
     _check(weights is not None, "the weights to evaluate are required (a run folder or a .safetensors file)")
+    _check(bs >= 1, f"--bs must be at least 1, got {bs}")
+    _check(n_valid is None or n_valid >= 1, f"--n-valid must be at least 1 (or left out for all test images), got {n_valid}")
+    _check(threads is None or threads >= 1, f"--threads must be at least 1, got {threads}")
+    if json_out is not None:
+        jo = Path(json_out).expanduser()
+        _check(not jo.is_dir(), f"--json-out {json_out!r} is a folder: name a file to write, e.g. {str(jo/'results.json')!r}")
+        _check(jo.parent.is_dir(), f"--json-out {json_out!r}: the folder {str(jo.parent)!r} does not exist")
     p = _weights_file(weights)
     _setup(threads)
     from vit_nb.learner import vit_learner
@@ -417,12 +491,16 @@ def evaluate(
     dls, vocab, _ = _data(data, data_path, size, bs, None, n_valid, 0, channels=model.cfg.in_chans,
                           stats=(info['mean'], info['std']), aug=False)
     if info['vocab'] is not None and info['vocab'] != vocab:
-        raise UsageError(f"the model was trained on classes {info['vocab']}, the data has {vocab}")
+        raise UsageError(f"the model was trained on classes {info['vocab']}, the data has {vocab}: evaluate it on its own data")
+    if model.cfg.num_classes != len(vocab):
+        raise UsageError(f"the model has {model.cfg.num_classes} classes, the data {len(vocab)} ({vocab}): a new head would "
+                         "be untrained; fine-tune the model on this data first (vit-nb-finetune)")
     learn = vit_learner(dls, model)
     res = evaluate_learner(learn)
     print(f"accuracy {res['accuracy']:.4f}, loss {res['loss']:.4f} ({res['n']:,} images)")
     if json_out:
-        Path(json_out).write_text(json.dumps({k: v for k, v in res.items() if k != 'confusion'} | dict(weights=str(p), data=data), indent=1))
+        from vit_nb.factory import atomic_write
+        atomic_write(Path(json_out).expanduser(), lambda t: Path(t).write_text(json.dumps({k: v for k, v in res.items() if k != 'confusion'} | dict(weights=str(p), data=data), indent=1)))
     return 0
 
 # %% ../nbs/13_cli.ipynb #dba898af
@@ -474,6 +552,10 @@ def explain(
     _check(weights is not None, "the weights are required (a run folder or a weights file)")
     _check(len(images) > 0, "give one or more image files after the weights")
     fns = [_readable_file(f, 'image') for f in images]
+    o = Path(out).expanduser()
+    _check(not o.exists() or o.is_dir(), f"--out {out!r} exists and is not a folder: choose another --out")
+    anc = next(d for d in [o, *o.parents] if d.exists())
+    _check(anc.is_dir() and os.access(anc, os.W_OK | os.X_OK), f"--out {out!r} cannot be written: {str(anc)!r} is not a writable folder")
     _setup(threads)
     _plt()                                                   # a command draws off-screen
     model, info = _load(weights, config=preset)

@@ -144,7 +144,7 @@ def save_model(
     **metadata, # JSON-able values to store with it, e.g. `vocab=[...]`, `stats=(mean, std)`, `command='train'`
 ) -> Path:
     "Write `model`'s weights, family and configuration (and `metadata`) to a safetensors file, atomically."
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     path = Path(path)
     if path.suffix.lower() != '.safetensors':
         raise ValueError(f"save_model writes safetensors: name the file *.safetensors, not {path.name!r}")
@@ -153,7 +153,8 @@ def save_model(
     sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
     meta = {'format': 'pt', _META + 'family': family, _META + 'config': json.dumps(cfg)}
     meta |= {_META + k: json.dumps(v) for k, v in metadata.items()}
-    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+    data = save(sd, metadata=meta)                                  # bytes: written by Python, so a full disk is an OSError
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 # %% ../nbs/07_factory.ipynb #a93e9bf6
 def find_weights(
@@ -194,7 +195,7 @@ def read_metadata(
         from safetensors import safe_open
         try:
             with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
-        except Exception as e: raise ValueError(f"cannot read {path} as safetensors (is it damaged or truncated?): {e}") from None
+        except Exception as e: raise ValueError(f"{path} is not a readable safetensors file ({e}): it is damaged or truncated") from None
         own, other = {}, {}
         for k, v in meta.items():
             try: d = json.loads(v)
@@ -261,7 +262,7 @@ def load_model(
     if isinstance(src, Mapping): path, meta, sd = None, {}, read_weights(src)
     else:
         path = find_weights(src)
-        meta, sd = read_metadata(path), read_weights(path)
+        sd, meta = read_weights(path), read_metadata(path)         # the weights first: their errors name the damage
     sd, where = strip_prefixes(sd), path or 'the state dict'
     adapt = {k: overrides.pop(k) for k in _ADAPT if k in overrides}
     if config is not None: family, cfg = _norm_config(config)
