@@ -106,6 +106,7 @@ class NonFiniteLossError(FloatingPointError):
                  'weights': "the weights or the optimiser state are not finite"}[what]
         when = "stopped before the optimiser step" if what != 'weights' else "not saved"
         at = f"at the end of epoch {epoch + 1}" if it is None else f"at epoch {epoch + 1}, batch {it + 1}"
+        self.summary = f"{found} {at}"                               # what happened, for a command's own message
         super().__init__(f"{found} {at}: {when}; {keep}. "
                          "Lower the learning rate or check the data.")
 

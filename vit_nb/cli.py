@@ -252,10 +252,10 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
               f"Resume with:  vit-nb-{command} --resume {run}", file=sys.stderr, flush=True)
         return 128 + e.signum
     except NonFiniteLossError as e:
-        print(f"\nvit-nb-{command}: stopped: {e.args[0].split(': ')[0]}. "
+        print(f"\nvit-nb-{command}: stopped: {e.summary}. "
               + (f"The last good checkpoint is {e.last_good}: `vit-nb-{command} --resume {run}` continues from it with "
                  "the run's own settings, so it will likely diverge again. " if e.last_good else "No checkpoint had been written yet. ")
-              + f"Start a new run with a lower --lr than {args['lr']} (or check the data).", file=sys.stderr, flush=True)
+              + f"Lower the learning rate: start a new run with a --lr below {args['lr']} (or check the data).", file=sys.stderr, flush=True)
         return 3
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT): raise
