@@ -212,3 +212,20 @@ def test_full_disk_loses_nothing(ws, tmp_path):
     assert [e['accuracy'] for e in new['epochs']] == [e['accuracy'] for e in old['epochs']]
     assert new['test_accuracy'] == old['test_accuracy']
     assert (run_dir/'checkpoint.pt').read_bytes() == ckpt                 # the state itself is untouched
+
+
+def test_finetune_resumes_without_its_weights_file(ws, tmp_path):
+    "The checkpoint holds the model: resuming a fine-tune needs neither the original weights file nor the folder it ran from."
+    src = tmp_path/'src'; shutil.copytree(ws['base'], src)
+    r = run('finetune', src/'model.safetensors', '--data', 'digits', '--size', '16', '--epochs', '1', '--bs', '64',
+            '--threads', '1', '--no-bar', '--out', tmp_path, '--name', 'ft')
+    assert r.returncode == 0, r.stderr
+    ft = tmp_path/'ft'
+    old = json.loads((ft/'metrics.json').read_text())
+    for f in ('model.safetensors', 'metrics.json'): (ft/f).unlink()    # as if the outputs had not been written
+    shutil.rmtree(src)                                                  # and the weights it started from are gone
+    other = tmp_path/'elsewhere'; other.mkdir()
+    r = run('finetune', '--resume', ft, cwd=other)
+    assert r.returncode == 0, r.stderr
+    new = json.loads((ft/'metrics.json').read_text())
+    assert new['test_accuracy'] == old['test_accuracy'] and len(new['epochs']) == 1
