@@ -148,11 +148,14 @@ def test_sigterm_message(tmp_path):
 
 
 def test_nan_stops_and_keeps_checkpoint(tmp_path):
-    "An absurd learning rate makes the loss non-finite: non-zero exit within a step, the last good checkpoint kept."
+    "An absurd learning rate: the run stops as soon as the loss, the gradients or the weights are non-finite (whichever comes first), the last good checkpoint kept and finite."
     r = run('train', '--data', 'digits', '--arch', 'vit_micro_patch2_8', '--bs', '64', '--lr', '1e30', '--threads', '1',
             '--epochs', '2', '--every', '1', '--out', tmp_path, '--name', 'nan', '--no-bar')
     assert r.returncode == 3, (r.returncode, r.stderr)
-    assert 'the training loss is' in r.stderr and 'Lower the learning rate' in r.stderr, r.stderr
+    assert any(w in r.stderr for w in ('the training loss is', 'the gradients are not finite', 'the weights or the optimiser state are not finite'))
+    assert 'Lower the learning rate' in r.stderr and 'The last good checkpoint is' in r.stderr and 'Traceback' not in r.stderr, r.stderr
     st = torch.load(tmp_path/'nan'/'checkpoint.pt', weights_only=True)
     assert all(torch.isfinite(v).all() for v in st['model'].values())
+    assert all(torch.isfinite(t).all() for s in st['opt']['state'] for t in (s.values() if isinstance(s, dict) else [])
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
     assert not (tmp_path/'nan'/'model.safetensors').exists()
