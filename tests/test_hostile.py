@@ -156,7 +156,7 @@ CASES = [  # (command, args with {w} for the workspace and {base} for the traine
     # vit-nb-explain
     ('explain', ['{base}'], ['one or more image files']),
     ('explain', ['{base}', '{w}/photo.png', '--mean', 'abc', '--out', '{w}/ex'], ['--mean must be numbers', "'abc'"]),
-    ('explain', ['{base}', '{w}/photo.png', '--mean', '0.1,0.2', '--out', '{w}/ex'], ['--mean/--std need 1 or 1 values']),
+    ('explain', ['{base}', '{w}/photo.png', '--mean', '0.1,0.2', '--out', '{w}/ex'], ['--mean and --std take one value, or one per channel', 'got 2 and 1']),
     ('explain', ['{base}', '{w}/photo.png', '--layer', '9', '--out', '{w}/ex'], ['layer 9 is out of range']),
     ('explain', ['{base}', '{w}/photo.png', '--layer', 'last'], ['invalid int value']),
     ('explain', ['{base}', '{w}/photo.png', '--out', '{w}/a_file'], ['--out', 'not a folder']),

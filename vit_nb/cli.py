@@ -563,7 +563,8 @@ def explain(
     m, s = _floats(mean, '--mean') or info['mean'], _floats(std, '--std') or info['std']
     if len(m) == 1: m = m * C
     if len(s) == 1: s = s * C
-    _check(len(m) == C and len(s) == C, f"--mean/--std need 1 or {C} values for this {C}-channel model, got {len(m)} and {len(s)}")
+    _check(len(m) == C and len(s) == C, f"--mean and --std take one value, or one per channel of this {C}-channel model ({C}), "
+                                        f"got {len(m)} and {len(s)}")
     from vit_nb.explain import explain_images
     try: written = explain_images(model, fns, out, m, s, layer, info['vocab'])
     except (OSError, ValueError) as e: raise UsageError(str(e)) from None
