@@ -58,6 +58,8 @@ _INSPECT = """() => {
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
     sidebar: Array.from(document.querySelectorAll('#quarto-sidebar a[href]')).map(a => a.getAttribute('href')),
     images: Array.from(document.images).map(i => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0})),
+    outputs: main.querySelectorAll('.cell-output').length,
+    figures: Array.from(main.querySelectorAll('.cell-output img')).filter(i => i.complete && i.naturalWidth > 0).length,
     katex: document.querySelectorAll('.katex').length,
     katexErrors: Array.from(document.querySelectorAll('.katex-error')).map(e => e.textContent),
     rawMath: /\\\\\\(|\\\\\\[/.test(main.innerText),
@@ -216,6 +218,21 @@ def test_search_finds_an_api_entry(site):
     qual, name, page, anchor, hrefs = site['search']
     assert any(urlsplit(h).path.lstrip('./') == page and urlsplit(h).fragment == anchor for h in hrefs), \
         f'searching {name!r} on the home page offered {hrefs}, not {page}#{anchor}'
+
+
+def test_every_page_shows_its_results(site):
+    "Each notebook's page shows rendered outputs; a page whose notebook draws shows its figures, loaded."
+    problems = []
+    for nb, html, _ in _notebooks():
+        p = site['pages'].get(html)
+        if p is None: continue                                          # reported by test_every_notebook_has_its_page
+        cells = json.loads((ROOT/"nbs"/nb).read_text())["cells"]
+        n_out = sum(bool(c.get('outputs')) for c in cells if c['cell_type'] == 'code')
+        n_png = sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', []))
+        if n_out and not p['outputs']: problems.append(f"{html}: {n_out} cells with outputs in nbs/{nb}, none rendered")
+        if n_png and p['figures'] < 1: problems.append(f"{html}: nbs/{nb} draws {n_png} figure(s), the page shows none")
+        if not n_out: problems.append(f"nbs/{nb}: committed without any output")
+    assert not problems, '\n'.join(problems)
 
 
 def test_every_image_loads(site):
