@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from fastcore.basics import store_attr, noop
+from fastcore.basics import store_attr, noop, patch
 from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelBatchException, CancelEpochException
 from .factory import atomic_write, unwrap_model
@@ -142,92 +142,110 @@ class Checkpointer(Callback):
         for s, h in self._old.items(): signal.signal(s, h)
         self._old = {}
 
-    # --- saving ---
-    def _finite(self) -> bool:
-        "Whether every weight and every floating-point optimiser statistic is finite."
-        ts = list(unwrap_model(self.model).parameters())
-        ts += [v for s in self.learn.opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-        return bool(torch.isfinite(torch.nn.utils.get_total_norm(ts))) if ts else True
+# %% ../nbs/12_checkpoint.ipynb #a0a91638
+@patch
+def _finite(self:Checkpointer) -> bool:
+    "Whether every weight and every floating-point optimiser statistic is finite."
+    ts = list(unwrap_model(self.model).parameters())
+    ts += [v for s in self.learn.opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(ts))) if ts else True
 
-    def save(self, epoch:int, it:int) -> Path:
-        "Write the state after `it` batches of epoch `epoch`, if it is finite (else stop, keeping the last good one)."
-        if self.check_finite and not self._finite():
-            self._restore_signals()
-            raise NonFiniteLossError(float(self.learn.loss), epoch - 1 if it == 0 else epoch, None if it == 0 else it - 1, self.saved, what='weights')
-        if rank_info()[0] == 0:
-            atomic_save(training_state(self.learn, epoch, it, self.rng_epoch if it else None, self.meta), self.fname)
-        self.saved = self.fname
-        return self.fname
-
-    def _stop(self, epoch, it):
+@patch
+def save(self:Checkpointer, epoch:int, it:int) -> Path:
+    "Write the state after `it` batches of epoch `epoch`, if it is finite (else stop, keeping the last good one)."
+    if self.check_finite and not self._finite():
         self._restore_signals()
-        raise TrainingInterrupted(self.stop_signal, self.fname, epoch, it)
+        raise NonFiniteLossError(float(self.learn.loss), epoch - 1 if it == 0 else epoch, None if it == 0 else it - 1, self.saved, what='weights')
+    if rank_info()[0] == 0:
+        atomic_save(training_state(self.learn, epoch, it, self.rng_epoch if it else None, self.meta), self.fname)
+    self.saved = self.fname
+    return self.fname
 
-    # --- the training loop ---
-    def before_fit(self):
-        self.stop_signal, self.rng_epoch, self._skip = None, None, False
-        if rank_info()[0] == 0:                          # temporaries a kill -9 left in the middle of a write
-            for t in self.fname.parent.glob(f'.{self.fname.name}.*.tmp'): t.unlink(missing_ok=True)
-        self._install_signals()
-        if self.resume is None: return
-        st = self.resume
-        if st['n_epoch'] != self.n_epoch:
-            self._restore_signals()
-            raise ValueError(f"the checkpoint is from a run of {st['n_epoch']} epochs, this fit has {self.n_epoch}: "
-                             "resume with the same number of epochs (the schedule depends on it)")
-        m = unwrap_model(self.model)
-        m.load_state_dict(st['model'])
-        dev = next(m.parameters()).device
-        self.learn.opt.load_state_dict(_to(st['opt'], dev))
-        self._logger = self.learn.logger
-        # fastai's `TfmdDL` runs one batch through its transforms (drawing random numbers) the first time `n_inp` is
-        # asked for, which an uninterrupted run did in its first epoch: do it now, before the generators are restored
-        for dl in self.dls.loaders: getattr(dl, 'n_inp', None)
+@patch
+def _stop(self:Checkpointer, epoch, it):
+    self._restore_signals()
+    raise TrainingInterrupted(self.stop_signal, self.fname, epoch, it)
 
-    def before_epoch(self):
-        st = self.resume
-        if st is not None and self.epoch < st['epoch']:
-            self._skip = True; self.learn.logger = noop
-            raise CancelEpochException
-        if st is not None and self.epoch == st['epoch']:
-            self._skip = False; self.learn.logger = self._logger
-            r, rec = st['recorder'], self.learn.recorder
-            rec.lrs, rec.losses, rec.iters, rec.values = list(r['lrs']), list(r['losses']), list(r['iters']), [list(v) for v in r['values']]
-            rec.smooth_loss.val, rec.smooth_loss.count = r['smooth'][0].to(rec.smooth_loss.val.device), r['smooth'][1]
-            set_rng_state(st['rng_epoch'] if st['iter'] else st['rng'], self.dls.train)
-            if not st['iter']: self.resume = None
-        self.rng_epoch = rng_state(self.dls.train)
+# %% ../nbs/12_checkpoint.ipynb #8d19109e
+@patch
+def before_fit(self:Checkpointer):
+    "Remove stale temporaries, install the signal handlers and, when resuming, load the weights and optimiser state."
+    self.stop_signal, self.rng_epoch, self._skip = None, None, False
+    if rank_info()[0] == 0:                          # temporaries a kill -9 left in the middle of a write
+        for t in self.fname.parent.glob(f'.{self.fname.name}.*.tmp'): t.unlink(missing_ok=True)
+    self._install_signals()
+    if self.resume is None: return
+    st = self.resume
+    if st['n_epoch'] != self.n_epoch:
+        self._restore_signals()
+        raise ValueError(f"the checkpoint is from a run of {st['n_epoch']} epochs, this fit has {self.n_epoch}: "
+                         "resume with the same number of epochs (the schedule depends on it)")
+    m = unwrap_model(self.model)
+    m.load_state_dict(st['model'])
+    dev = next(m.parameters()).device
+    self.learn.opt.load_state_dict(_to(st['opt'], dev))
+    self._logger = self.learn.logger
+    # fastai's `TfmdDL` runs one batch through its transforms (drawing random numbers) the first time `n_inp` is
+    # asked for, which an uninterrupted run did in its first epoch: do it now, before the generators are restored
+    for dl in self.dls.loaders: getattr(dl, 'n_inp', None)
 
-    def before_batch(self):
-        if self.training and self.resume is not None and self.iter < self.resume['iter']:
-            self.learn.yb = ()                  # the recorder ignores the batch
-            raise CancelBatchException          # fastai still counts it, so the schedule advances
+@patch
+def before_epoch(self:Checkpointer):
+    "Skip the epochs a resumed run had finished; at the interrupted one, restore the recorder and the generators."
+    st = self.resume
+    if st is not None and self.epoch < st['epoch']:
+        self._skip = True; self.learn.logger = noop
+        raise CancelEpochException
+    if st is not None and self.epoch == st['epoch']:
+        self._skip = False; self.learn.logger = self._logger
+        r, rec = st['recorder'], self.learn.recorder
+        rec.lrs, rec.losses, rec.iters, rec.values = list(r['lrs']), list(r['losses']), list(r['iters']), [list(v) for v in r['values']]
+        rec.smooth_loss.val, rec.smooth_loss.count = r['smooth'][0].to(rec.smooth_loss.val.device), r['smooth'][1]
+        set_rng_state(st['rng_epoch'] if st['iter'] else st['rng'], self.dls.train)
+        if not st['iter']: self.resume = None
+    self.rng_epoch = rng_state(self.dls.train)
 
-    def after_loss(self):
-        if self.training and self.check_finite and not torch.isfinite(self.learn.loss_grad).all():
-            self._restore_signals()
-            raise NonFiniteLossError(self.learn.loss_grad.detach().float().mean().item(), self.epoch, self.iter, self.saved)
+@patch
+def before_batch(self:Checkpointer):
+    "Skip, without computing them, the batches of the interrupted epoch that were done before the checkpoint."
+    if self.training and self.resume is not None and self.iter < self.resume['iter']:
+        self.learn.yb = ()                  # the recorder ignores the batch
+        raise CancelBatchException          # fastai still counts it, so the schedule advances
 
-    def before_step(self):
-        if not (self.training and self.check_finite): return
-        gs = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if gs and not torch.isfinite(torch.nn.utils.get_total_norm(gs)):   # one fused pass: 0.25% of a step of the default model
-            self._restore_signals()
-            raise NonFiniteLossError(self.learn.loss_grad.detach().float().mean().item(), self.epoch, self.iter, self.saved, what='gradients')
+@patch
+def after_loss(self:Checkpointer):
+    "Stop on a non-finite training loss, before the backward pass."
+    if self.training and self.check_finite and not torch.isfinite(self.learn.loss_grad).all():
+        self._restore_signals()
+        raise NonFiniteLossError(self.learn.loss_grad.detach().float().mean().item(), self.epoch, self.iter, self.saved)
 
-    def after_batch(self):
-        if not self.training: return
-        st = self.resume
-        if st is not None:
-            if self.iter == st['iter'] - 1: set_rng_state(st['rng'], self.dls.train); self.resume = None
-            return
-        done = self.iter + 1
-        if self.stop_signal is not None: self.save(self.epoch, done); self._stop(self.epoch, done)
-        if self.every and done % self.every == 0 and done < self.n_iter: self.save(self.epoch, done)
+@patch
+def before_step(self:Checkpointer):
+    "Stop on non-finite gradients (after clipping), before the optimiser step."
+    if not (self.training and self.check_finite): return
+    gs = [p.grad for p in self.model.parameters() if p.grad is not None]
+    if gs and not torch.isfinite(torch.nn.utils.get_total_norm(gs)):   # one fused pass: 0.25% of a step of the default model
+        self._restore_signals()
+        raise NonFiniteLossError(self.learn.loss_grad.detach().float().mean().item(), self.epoch, self.iter, self.saved, what='gradients')
 
-    def after_epoch(self):
-        if self._skip: return
-        self.save(self.epoch + 1, 0)
-        if self.stop_signal is not None: self._stop(self.epoch + 1, 0)
+@patch
+def after_batch(self:Checkpointer):
+    "Save every `every` batches, or now and stop if a signal arrived."
+    if not self.training: return
+    st = self.resume
+    if st is not None:
+        if self.iter == st['iter'] - 1: set_rng_state(st['rng'], self.dls.train); self.resume = None
+        return
+    done = self.iter + 1
+    if self.stop_signal is not None: self.save(self.epoch, done); self._stop(self.epoch, done)
+    if self.every and done % self.every == 0 and done < self.n_iter: self.save(self.epoch, done)
 
-    def after_fit(self): self._restore_signals()
+@patch
+def after_epoch(self:Checkpointer):
+    "Save the state at the end of the epoch (after validation), then stop if a signal arrived."
+    if self._skip: return
+    self.save(self.epoch + 1, 0)
+    if self.stop_signal is not None: self._stop(self.epoch + 1, 0)
+
+@patch
+def after_fit(self:Checkpointer): self._restore_signals()

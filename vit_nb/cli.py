@@ -210,6 +210,7 @@ def _resume_args(resume, command:str) -> tuple:
                          f"vit-nb-finetune {run} ...), or vit-nb-{command} again with more --epochs")
     return run, st, dict(meta['args'])
 
+# %% ../nbs/13_cli.ipynb #6ecf2790
 def _setup(threads):
     "Thread count; under `torchrun`, join the process group (see `vit_nb.distributed`)."
     import torch
@@ -217,12 +218,14 @@ def _setup(threads):
     from vit_nb.distributed import rank_info, init_distributed
     if rank_info()[1] > 1: init_distributed()
 
+# %% ../nbs/13_cli.ipynb #6f852eed
 def _run_dir(run, args) -> Path:
     "The run folder: `run` when resuming, else a new one, made by rank 0 and shared with the other ranks."
     from vit_nb.distributed import rank_info, share_from_rank0
     if run is None and rank_info()[0] == 0: run = new_run_dir(args['out'], args['name'])
     return Path(share_from_rank0(str(run) if run else None))
 
+# %% ../nbs/13_cli.ipynb #1b445048
 def _fit(command, args, run, built, fit, resume_state=None) -> int:
     "Fit `built` (learner, vocab, stats) with checkpoints in `run`, write the outputs, print the result; the exit status."
     from contextlib import nullcontext
@@ -302,6 +305,7 @@ def _check_common(epochs, bs, lr, subset, threads, warmup=0., clip=0., every=0, 
     _check(subset is None or subset >= 1, f"--subset must be positive, got {subset}")
     _check(threads is None or threads >= 1, f"--threads must be at least 1, got {threads}")
 
+# %% ../nbs/13_cli.ipynb #908cc187
 @call_parse
 def train(
     data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
@@ -391,6 +395,7 @@ def _load(weights, what:str='weights', **kwargs) -> tuple:
     try: return load_model(p, **kwargs)
     except (OSError, ValueError, TypeError, RuntimeError) as e: raise UsageError(f"cannot load a model from {p}: {e}") from None
 
+# %% ../nbs/13_cli.ipynb #f05e2163
 def _weights_file(weights) -> Path:
     "The weights file a run folder or file names (`vit_nb.factory.find_weights`), or a usage error."
     from vit_nb.factory import find_weights
@@ -399,6 +404,7 @@ def _weights_file(weights) -> Path:
     try: return _readable_file(find_weights(p), 'weights')
     except FileNotFoundError as e: raise UsageError(str(e)) from None
 
+# %% ../nbs/13_cli.ipynb #2e76ec9a
 @call_parse(pos=['weights'])
 def finetune(
     weights:str=None, # a run folder or a weights file (.safetensors, or timm/torchvision/JAX weights; see vit_nb.factory.load_model)
