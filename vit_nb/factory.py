@@ -171,6 +171,7 @@ def find_weights(
         raise FileNotFoundError(f"the folder {path} holds several weights files ({', '.join(f.name for f in fs[:4])}): pass one of them")
     return fs[0]
 
+# %% ../nbs/07_factory.ipynb #3b3db9c2
 _CFG_FIELDS = {f for f in ViTConfig.__dataclass_fields__} | {'backbone'}
 
 def _find_info(d:dict) -> dict:
@@ -250,6 +251,7 @@ def _inferred_vit(sd, layout, ckpt_grid, overrides, where) -> ViT:
                          "the weights: pass config=<a registered name> (--preset on the command line) or heads=<h>")
     return ViT(cfg)
 
+# %% ../nbs/07_factory.ipynb #cadc83c1
 def load_model(
     src, # a run folder, a weights file (`.safetensors`, `.pt`/`.pth`/`.bin`/`.ckpt`, `.npz`) or a state dict
     config=None, # for weights that carry no configuration: a registered name, a `ViTConfig` or a configuration dict
