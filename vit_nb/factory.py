@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from .model import ViTConfig, ViT, PRESETS, check_preset, vit_from_config
 from .hybrid import HybridViT, HYBRID_PRESETS, hybrid_from_config
-from .weights import read_weights, strip_prefixes, infer_config, load_pretrained, WeightsMismatchError, _summarise
+from .weights import read_weights, strip_prefixes, infer_config, load_pretrained, WeightsMismatchError, _summarise, _key_mismatch, _UnknownHeads
 
 # %% ../nbs/07_factory.ipynb #7effc358
 def _hybrid_build(cfg:dict, **overrides) -> HybridViT:
@@ -242,14 +242,10 @@ def _input_stats(stats, C:int, where) -> tuple:
 
 def _inferred_vit(sd, layout, ckpt_grid, overrides, where) -> ViT:
     "The `ViT` that `infer_config` describes for weights without a configuration; a guessed head count is refused."
-    import warnings
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        cfg = infer_config(sd, layout, ckpt_grid, **overrides)
-    if any('pass heads=' in str(w.message) for w in caught):
-        raise ValueError(f"{where} holds no configuration, and the number of heads of its width {cfg.dim} cannot be read off "
-                         "the weights: pass config=<a registered name> (--preset on the command line) or heads=<h>")
-    return ViT(cfg)
+    try: return ViT(infer_config(sd, layout, ckpt_grid, guess_heads=False, **overrides))
+    except _UnknownHeads as e:
+        raise ValueError(f"{where} holds no configuration, and the number of heads of its width {e.dim} cannot be read off "
+                         "the weights: pass config=<a registered name> (--preset on the command line) or heads=<h>") from None
 
 # %% ../nbs/07_factory.ipynb #cadc83c1
 def load_model(
@@ -276,12 +272,10 @@ def load_model(
         load_pretrained(model, sd, layout=layout, ckpt_grid=ckpt_grid or model.grid, verbose=verbose)
     else:
         model = FAMILIES[family].build(cfg, **overrides)
-        own = model.state_dict()
-        if set(sd) == set(own) and all(sd[k].shape == own[k].shape for k in own): model.load_state_dict(sd)
+        missing, unexpected, shapes = _key_mismatch(sd, model.state_dict())
+        if not (missing or unexpected or shapes): model.load_state_dict(sd)
         elif family == 'vit': load_pretrained(model, sd, layout=layout, ckpt_grid=ckpt_grid, verbose=verbose)   # another layout
         else:
-            missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-            shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
             raise WeightsMismatchError(f"the weights in {where} do not fit the {family} model of their configuration: "
                                        f"missing {_summarise(missing) or 'none'}; unexpected {_summarise(unexpected) or 'none'}; "
                                        f"other shapes {shapes[:4] or 'none'}")

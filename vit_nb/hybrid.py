@@ -18,7 +18,7 @@ from torch import nn, Tensor
 from torchvision.models import resnet as tvr
 from .patches import to_2tuple
 from .model import ViTConfig, ViT, PRESETS, check_preset
-from .weights import read_weights, strip_prefixes
+from .weights import read_weights, strip_prefixes, _key_mismatch
 
 # %% ../nbs/05_hybrid.ipynb #50dc0df0
 class StdConv2d(nn.Conv2d):
@@ -135,9 +135,7 @@ def load_backbone_weights(
     w = sd.get('conv1.weight')
     if w is not None and w.shape[1] == 3 and own['conv1.weight'].shape[1] == 1:
         sd['conv1.weight'] = w.sum(1, keepdim=True)                  # grey images: sum the RGB filters
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own))
-              if sd[k].shape != own[k].shape]
+    missing, unexpected, shapes = _key_mismatch(sd, own)
     if missing or unexpected or shapes:
         raise ValueError(f"backbone weights do not fit: {len(missing)} missing {missing[:6]}, "
                          f"{len(unexpected)} unexpected {unexpected[:6]}, {len(shapes)} of another shape {shapes[:4]}. "

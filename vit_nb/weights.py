@@ -26,6 +26,12 @@ _TORCH_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt')
 def _to_tensor(v):
     return torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
 
+def _key_mismatch(sd:dict, own:dict) -> tuple: # `(missing, unexpected, shapes)`: sorted names, and `'name: a vs b'` lines
+    "How the state dict `sd` fails to fit the model's `own`: keys it lacks, keys it has extra, tensors of another shape."
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    return missing, unexpected, shapes
+
 def _weights_in(d:Mapping) -> dict:
     "The weights inside a checkpoint dict (`{'model': ..., 'epoch': ...}`), or `d` itself."
     while not all(isinstance(v, (Tensor, np.ndarray)) for v in d.values()):
@@ -342,10 +348,18 @@ def load_pretrained(
     return rep
 
 # %% ../nbs/06_weights.ipynb #cbbce0b4
-def _guess_heads(D:int) -> int:
-    "The paper's head count for a standard width (ViT-Ti ... ViT-H), else heads of 64."
+class _UnknownHeads(ValueError):
+    "The weights do not show the number of heads, and their width `dim` does not imply it."
+    def __init__(self, dim:int):
+        self.dim = dim
+        super().__init__(f"the number of heads of width {dim} cannot be read off the weights, and it is not a "
+                         "standard ViT width: pass heads=<h> (or a configuration)")
+
+def _guess_heads(D:int, guess:bool=True) -> int:
+    "The paper's head count for a standard width (ViT-Ti ... ViT-H), else heads of 64 (or, with `guess=False`, an error)."
     known = {d: h for d, _, h in VIT_SIZES.values()}
     if D in known: return known[D]
+    if not guess: raise _UnknownHeads(D)
     warnings.warn(f"the number of heads is not stored in the weights and width {D} is not a standard ViT width: "
                   f"guessing heads={max(D // 64, 1)}; pass heads= to be sure")
     return max(D // 64, 1)
@@ -354,6 +368,7 @@ def infer_config(
     src, # a state dict or weights file (see `read_weights`)
     layout:str=None, # as in `load_pretrained`
     ckpt_grid=None, # the patch grid `(rows, cols)` if it is not square
+    guess_heads:bool=True, # for a non-standard width without `heads`: guess heads of 64 with a warning (False: refuse)
     **overrides, # `ViTConfig` fields to set, e.g. `heads` (not visible in timm's or torchvision's weights)
 ) -> ViTConfig:
     "The `ViTConfig` of the model a checkpoint was saved from, as far as its tensors tell."
@@ -380,5 +395,5 @@ def infer_config(
         kw.update(pos_embed='rel', img_size=gh * P if gh == gw else (gh * P, gw * P), heads=t.shape[1])
     else: kw.update(pos_embed='none', img_size=P)                 # (or 'sincos': not stored either)
     if jax_heads: kw['heads'] = jax_heads[0]
-    if 'heads' not in kw and 'heads' not in overrides: kw['heads'] = _guess_heads(D)
+    if 'heads' not in kw and 'heads' not in overrides: kw['heads'] = _guess_heads(D, guess_heads)
     return ViTConfig(**{**kw, **overrides})
