@@ -224,7 +224,7 @@ def before_step(self:Checkpointer):
     "Stop on non-finite gradients (after clipping), before the optimiser step."
     if not (self.training and self.check_finite): return
     gs = [p.grad for p in self.model.parameters() if p.grad is not None]
-    if gs and not torch.isfinite(torch.nn.utils.get_total_norm(gs)):   # one fused pass: 0.25% of a step of the default model
+    if gs and not torch.isfinite(torch.nn.utils.get_total_norm(gs)):   # one fused pass: 0.45% of a step of the default model (measured)
         self._restore_signals()
         raise NonFiniteLossError(self.learn.loss_grad.detach().float().mean().item(), self.epoch, self.iter, self.saved, what='gradients')
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from PIL import Image
 from fastcore.basics import store_attr, ifnone
 from fastai.data.core import TfmdDL, DataLoaders
-from fastai.data.transforms import Category, get_image_files, parent_label, GrandparentSplitter, RandomSplitter
+from fastai.data.transforms import Category, parent_label, GrandparentSplitter, RandomSplitter
 from fastai.data.block import DataBlock, CategoryBlock, TransformBlock
 from fastai.torch_core import TensorImage, TensorImageBW, TensorCategory
 from fastai.vision.core import PILImage, PILImageBW
