@@ -157,6 +157,44 @@ def forward(self:ViT, x:Tensor) -> Tensor:
     "Images `(B, C, H, W)` to logits `(B, K)`."
     return self.forward_head(self.forward_features(x))
 
+# %% ../nbs/04_model.ipynb #5034ca8f
+def _take_indices(L:int, indices) -> list: # the blocks to return, ascending
+    "timm's block selection: `None` all `L`, an int `n` the last `n`, a list those (negative from the end)."
+    if indices is None: indices = L
+    if isinstance(indices, int):
+        if not 0 < indices <= L: raise ValueError(f"indices={indices} asks for the last {indices} blocks of a model with {L}: pass 1 to {L}")
+        return list(range(L - indices, L))
+    take = []
+    for i in indices:
+        j = L + i if i < 0 else i
+        if not 0 <= j < L: raise ValueError(f"block index {i} is out of range for a model with {L} blocks: use 0 to {L - 1}, or -{L} to -1")
+        take.append(j)
+    if not take: raise ValueError("indices=[] selects no block: pass None (all), an int n (the last n) or a list of block indices")
+    return sorted(set(take))
+
+@patch
+def forward_intermediates(self:ViT,
+    x:Tensor, # images `(B, C, H, W)`
+    indices=None, # blocks to return: None all, an int `n` the last `n`, a list of indices (negative from the end)
+    output_fmt:str='NCHW', # 'NCHW': patch tokens as maps `(B, D, H/P, W/P)`; 'NLC': as tokens `(B, N, D)`
+    norm:bool=False, # apply the final LayerNorm to each
+    return_prefix_tokens:bool=False, # pair each with its prefix (class) tokens `(B, 1, D)`
+    intermediates_only:bool=False, # return only the list
+    stop_early:bool=False, # run no block after the last one asked for
+):
+    "The outputs of chosen blocks, as timm's `forward_intermediates`: `(final tokens (B, T, D), [per block])`, or the list."
+    if output_fmt not in ('NCHW', 'NLC'): raise ValueError(f"output_fmt must be 'NCHW' (maps) or 'NLC' (tokens), got {output_fmt!r}")
+    take = _take_indices(len(self.blocks), indices)
+    x, grid = self.embed(x)
+    k, outs = self.num_prefix, []
+    for i, blk in enumerate(self.blocks[:take[-1] + 1] if stop_early else self.blocks):
+        x = blk(x, grid)                                              # B,T,D
+        if i in take: outs.append(self.norm(x) if norm else x)
+    prefix, outs = [y[:, :k] for y in outs], [y[:, k:] for y in outs]  # B,k,D and B,N,D
+    if output_fmt == 'NCHW': outs = [y.reshape(y.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous() for y in outs]  # B,D,H/P,W/P
+    if return_prefix_tokens and k: outs = list(zip(outs, prefix))
+    return outs if intermediates_only else (self.norm(x), outs)
+
 # %% ../nbs/04_model.ipynb #6dcf1a89
 @patch
 def reset_head(self:ViT,
@@ -226,6 +264,8 @@ PRESETS.update(  # CPU-sized models for small images, 10 classes
     vit_mini_patch4_32=dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, dim=192, depth=6, heads=3, mlp_dim=384),
     vit_micro_patch2_8=dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128),
     vit_micro_patch4_28=dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, dim=64, depth=4, heads=4, mlp_dim=128),  # the experiments' ViT
+    vit_labml_patch4_32=dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, dim=512, depth=6, heads=8, mlp_dim=2048,
+                             drop_rate=0.1, attn_drop_rate=0.1, pre_logits=2048),  # labml's CIFAR-10 ViT: GELU, tanh head (labml: ReLU, ReLU)
 )
 
 def check_preset(name:str, presets:dict, what:str='preset'):
