@@ -1,4 +1,4 @@
-"""`load_pretrained`: state dicts and files in timm's, torchvision's or the original JAX layout, checked key by key, with position embeddings resampled and the head reset for a new task.
+"""`load_pretrained`: state dicts and files in timm's, torchvision's, Hugging Face's or the original JAX layout, ViTs and R50 hybrids, checked key by key, with position embeddings resampled, input filters adapted to the channel count and the head reset for a new task.
 
 Docs: https://vit-nb.github.io/vit_nb/weights.html.md"""
 
@@ -6,10 +6,11 @@ Docs: https://vit-nb.github.io/vit_nb/weights.html.md"""
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'CONVERTERS', 'read_weights', 'strip_prefixes', 'detect_layout', 'convert_timm', 'convert_torchvision',
-           'convert_jax', 'LoadReport', 'WeightsMismatchError', 'load_pretrained', 'infer_config']
+           'convert_jax', 'convert_hf', 'hf_config', 'adapt_input_conv', 'LoadReport', 'WeightsMismatchError',
+           'load_pretrained', 'infer_backbone', 'infer_config']
 
 # %% ../nbs/06_weights.ipynb #79ebffcd
-import pickle, re, warnings
+import math, pickle, re, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch import nn, Tensor
 from .embeddings import resample_pos_embed, RelPosBias
 from .model import ViTConfig, ViT, VIT_SIZES
+
 
 # %% ../nbs/06_weights.ipynb #9b6a00b2
 _WRAPPERS = ('model', 'state_dict', 'model_state_dict', 'module')    # keys that wrap the weights in a checkpoint
@@ -96,21 +98,45 @@ def strip_prefixes(sd:dict) -> dict:
     return sd
 
 # %% ../nbs/06_weights.ipynb #15ff75ea
-LAYOUTS = ('timm', 'torchvision', 'jax')
+LAYOUTS = ('timm', 'torchvision', 'jax', 'hf')
+
+_HF_KEY = re.compile(r'(vit\.)?(embeddings\.(cls_token|position_embeddings|patch_embeddings\.)|encoder\.layer\.\d|layers\.\d+\.(attention|mlp|layernorm))')
 
 def detect_layout(sd:dict) -> str:
-    "'jax', 'torchvision' or 'timm' (our own layout), from the parameter names."
+    "'jax', 'hf' (Hugging Face), 'torchvision' or 'timm' (our own layout), from the parameter names."
     keys = list(sd)
     if any(k.endswith('embedding/kernel') or k.startswith('Transformer/') for k in keys): return 'jax'
+    if any(_HF_KEY.match(k) for k in keys): return 'hf'
     if any(k in ('class_token', 'conv_proj.weight') or k.startswith('encoder.layers.') for k in keys): return 'torchvision'
     if any(k.startswith(('patch_embed.', 'blocks.')) or k in ('cls_token', 'pos_embed') for k in keys): return 'timm'
     raise ValueError(f"cannot tell the layout of a checkpoint with keys {keys[:6]}{' ...' if len(keys) > 6 else ''}: "
                      f"pass layout= one of {LAYOUTS}")
 
+
 # %% ../nbs/06_weights.ipynb #04b10df1
+def _rename(k, table):
+    "`k` renamed by the first `(regex, replacement)` of `table` that matches it whole, or `k` itself."
+    for pat, rep in table:
+        if re.fullmatch(pat, k): return re.sub(pat, rep, k)
+    return k
+
+def _layer(m, name:str) -> str:
+    "timm's `stages.{s}.blocks.{b}` (0-based stages) as torchvision's `layer{s+1}.{b}`, then `name`."
+    return f"patch_embed.backbone.layer{int(m[1]) + 1}.{m[2]}.{name}"
+
+_TIMM_RESNET_NAMES = [  # (regex on timm's ResNetV2 name, ours = torchvision's ResNet name)
+    (r'patch_embed\.backbone\.stem\.conv\.weight', r'patch_embed.backbone.conv1.weight'),
+    (r'patch_embed\.backbone\.stem\.norm\.(weight|bias)', r'patch_embed.backbone.bn1.\1'),
+    (r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.conv(\d)\.weight', lambda m: _layer(m, f'conv{m[3]}.weight')),
+    (r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm(\d)\.(weight|bias)', lambda m: _layer(m, f'bn{m[3]}.{m[4]}')),
+    (r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.downsample\.conv\.weight', lambda m: _layer(m, 'downsample.0.weight')),
+    (r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.downsample\.norm\.(weight|bias)', lambda m: _layer(m, f'downsample.1.{m[3]}')),
+]
+
 def convert_timm(sd:dict) -> dict:
-    "timm's layout is ours."
-    return dict(sd)
+    "timm's layout is ours; only the ResNetV2 backbone of its R50 hybrids is renamed, to torchvision's ResNet names."
+    return {_rename(k, _TIMM_RESNET_NAMES): v for k, v in sd.items()}
+
 
 # %% ../nbs/06_weights.ipynb #6ef9845a
 _TORCHVISION_NAMES = [  # (regex on torchvision's name, our name)
@@ -128,14 +154,10 @@ _TORCHVISION_NAMES = [  # (regex on torchvision's name, our name)
     (r'heads\.head\.(weight|bias)', r'head.\1'),
 ]
 
-def _rename(k, table):
-    for pat, rep in table:
-        if re.fullmatch(pat, k): return re.sub(pat, rep, k)
-    return k
-
 def convert_torchvision(sd:dict) -> dict:
     "torchvision's `VisionTransformer` layout to ours: a renaming."
     return {_rename(k, _TORCHVISION_NAMES): v for k, v in sd.items()}
+
 
 # %% ../nbs/06_weights.ipynb #f4f71240
 def _jax_dense(out, sd, src, dst):
@@ -144,8 +166,13 @@ def _jax_dense(out, sd, src, dst):
     if f'{src}/bias' in sd: out[f'{dst}.bias'] = sd.pop(f'{src}/bias')
 
 def _jax_norm(out, sd, src, dst):
-    "A Flax `LayerNorm` (`scale`, `bias`) to ours (`weight`, `bias`)."
-    if f'{src}/scale' in sd: out[f'{dst}.weight'] = sd.pop(f'{src}/scale')
+    "A Flax `LayerNorm` / `GroupNorm` (`scale`, `bias`; some store them `(1, 1, 1, C)`) to ours (`weight`, `bias`)."
+    if f'{src}/scale' in sd: out[f'{dst}.weight'] = sd.pop(f'{src}/scale').reshape(-1)
+    if f'{src}/bias' in sd: out[f'{dst}.bias'] = sd.pop(f'{src}/bias').reshape(-1)
+
+def _jax_conv(out, sd, src, dst):
+    "A Flax `Conv` kernel (HWIO) to a `Conv2d` weight (OIHW)."
+    if f'{src}/kernel' in sd: out[f'{dst}.weight'] = sd.pop(f'{src}/kernel').permute(3, 2, 0, 1)
     if f'{src}/bias' in sd: out[f'{dst}.bias'] = sd.pop(f'{src}/bias')
 
 def _jax_attention(out, sd, src, dst):
@@ -159,11 +186,20 @@ def _jax_attention(out, sd, src, dst):
         out[f'{dst}.proj.weight'] = sd.pop(f'{src}/out/kernel').flatten(0, 1).T      # (h,d,D) -> (hd,D) -> D,hd
         out[f'{dst}.proj.bias'] = sd.pop(f'{src}/out/bias')
 
+def _jax_resnet(out, sd, dst='patch_embed.backbone'):
+    "The R50 of the original hybrids (`conv_root`, `gn_root`, `block{s}/unit{u}/...`, 1-based) to torchvision's ResNet names."
+    _jax_conv(out, sd, 'conv_root', f'{dst}.conv1'); _jax_norm(out, sd, 'gn_root', f'{dst}.bn1')
+    for s, u in sorted({(int(m[1]), int(m[2])) for k in sd if (m := re.match(r'block(\d+)/unit(\d+)/', k))}):
+        src, blk = f'block{s}/unit{u}', f'{dst}.layer{s}.{u - 1}'
+        for r in (1, 2, 3):
+            _jax_conv(out, sd, f'{src}/conv{r}', f'{blk}.conv{r}'); _jax_norm(out, sd, f'{src}/gn{r}', f'{blk}.bn{r}')
+        _jax_conv(out, sd, f'{src}/conv_proj', f'{blk}.downsample.0'); _jax_norm(out, sd, f'{src}/gn_proj', f'{blk}.downsample.1')
+
 def convert_jax(sd:dict) -> dict:
-    "The original JAX/Flax `.npz` layout (google-research/vision_transformer) to ours."
+    "The original JAX/Flax `.npz` layout (google-research/vision_transformer, ViTs and R50 hybrids) to ours."
     sd, out = dict(sd), {}
-    if 'embedding/kernel' in sd: out['patch_embed.proj.weight'] = sd.pop('embedding/kernel').permute(3, 2, 0, 1)  # HWIO -> OIHW
-    if 'embedding/bias' in sd: out['patch_embed.proj.bias'] = sd.pop('embedding/bias')
+    _jax_resnet(out, sd)                                       # hybrids only: the CNN before the Transformer
+    _jax_conv(out, sd, 'embedding', 'patch_embed.proj')        # (P,P,C,D) -> (D,C,P,P); a hybrid's is 1x1 on C' channels
     if 'cls' in sd: out['cls_token'] = sd.pop('cls')
     if 'Transformer/posembed_input/pos_embedding' in sd: out['pos_embed'] = sd.pop('Transformer/posembed_input/pos_embedding')
     blocks = sorted({int(m[1]) for k in sd if (m := re.match(r'Transformer/encoderblock_(\d+)/', k))})
@@ -179,7 +215,90 @@ def convert_jax(sd:dict) -> dict:
     _jax_dense(out, sd, 'head', 'head')
     return {**out, **sd}                                       # unknown keys pass through, to be reported
 
-CONVERTERS = dict(timm=convert_timm, torchvision=convert_torchvision, jax=convert_jax)
+
+# %% ../nbs/06_weights.ipynb #55566721
+_HF_NAMES = [  # (transformers 4, transformers 5, ours): module names without `vit.`; `{i}` a block; then `.weight`/`.bias`
+    ('embeddings.cls_token', 'embeddings.cls_token', 'cls_token'),
+    ('embeddings.position_embeddings', 'embeddings.position_embeddings', 'pos_embed'),
+    ('embeddings.patch_embeddings.projection', 'embeddings.patch_embeddings.projection', 'patch_embed.proj'),
+    ('encoder.layer.{i}.layernorm_before', 'layers.{i}.layernorm_before', 'blocks.{i}.norm1'),
+    ('encoder.layer.{i}.attention.attention.query', 'layers.{i}.attention.q_proj', 'blocks.{i}.attn.q'),   # q, k, v: joined
+    ('encoder.layer.{i}.attention.attention.key', 'layers.{i}.attention.k_proj', 'blocks.{i}.attn.k'),     # into qkv below
+    ('encoder.layer.{i}.attention.attention.value', 'layers.{i}.attention.v_proj', 'blocks.{i}.attn.v'),
+    ('encoder.layer.{i}.attention.output.dense', 'layers.{i}.attention.o_proj', 'blocks.{i}.attn.proj'),
+    ('encoder.layer.{i}.layernorm_after', 'layers.{i}.layernorm_after', 'blocks.{i}.norm2'),
+    ('encoder.layer.{i}.intermediate.dense', 'layers.{i}.mlp.fc1', 'blocks.{i}.mlp.fc1'),
+    ('encoder.layer.{i}.output.dense', 'layers.{i}.mlp.fc2', 'blocks.{i}.mlp.fc2'),
+    ('layernorm', 'layernorm', 'norm'),
+    ('pooler.dense', 'pooler.dense', 'pre_logits.0'),                  # ViTModel's pooler: dense, then tanh
+    ('classifier', 'classifier', 'head'),                              # ViTForImageClassification's classifier
+]
+
+def _hf_pattern(name:str) -> str:
+    "A regex for the module `name` (`{i}`: a block index) and its parameter."
+    return re.escape(name).replace(re.escape('{i}'), r'(?P<i>\d+)') + r'(?P<p>\.weight|\.bias)?'
+
+_HF_RULES = [(_hf_pattern(n), ours) for *hf, ours in _HF_NAMES for n in dict.fromkeys(hf)]
+
+def _hf_name(k:str) -> str|None:
+    "Our name for a Hugging Face ViT key (either generation, with or without `vit.`), or None for a key we do not know."
+    for pat, ours in _HF_RULES:
+        if m := re.fullmatch(pat, k.removeprefix('vit.')):
+            g = m.groupdict()
+            return ours.replace('{i}', g.get('i') or '') + (g.get('p') or '')
+    return None
+
+def convert_hf(sd:dict) -> dict:
+    "Hugging Face's `ViTModel` / `ViTForImageClassification` layout, transformers 4 or 5 names, to ours: q, k, v joined into `qkv`."
+    out, parts = {}, {}
+    for k, v in sd.items():
+        name = _hf_name(k)
+        if name is None: out[k] = v                                        # unknown: passes through, to be reported
+        elif m := re.fullmatch(r'(blocks\.\d+\.attn)\.([qkv])\.(weight|bias)', name): parts[(m[1], m[3], m[2])] = v
+        else: out[name] = v
+    for attn, p in dict.fromkeys((a, p) for a, p, _ in parts):
+        qkv = [parts.get((attn, p, n)) for n in 'qkv']
+        if all(t is not None for t in qkv): out[f'{attn}.qkv.{p}'] = torch.cat(qkv)   # 3 x (D,D) -> (3D,D); 3 x D -> 3D
+        else: out |= {f'{attn}.{n}.{p}': t for n, t in zip('qkv', qkv) if t is not None}   # incomplete: reported
+    return out
+
+CONVERTERS = dict(timm=convert_timm, torchvision=convert_torchvision, jax=convert_jax, hf=convert_hf)
+
+
+# %% ../nbs/06_weights.ipynb #249a9dfc
+_HF_ACTS = {'gelu': 'gelu', 'gelu_python': 'gelu',                      # exact (erf) GELU
+            'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_python_tanh': 'gelu_tanh',
+            'gelu_fast': 'gelu_tanh', 'gelu_accurate': 'gelu_tanh'}     # the tanh approximation, written in different ways
+
+def _one(v, what:str) -> int:
+    "An int from `v` or a pair of equal ints (Hugging Face allows `[16, 16]`)."
+    if isinstance(v, (list, tuple)):
+        if len(set(v)) != 1: raise ValueError(f"{what}={list(v)}: vit_nb's patches are square; this checkpoint cannot be represented")
+        v = v[0]
+    return int(v)
+
+def hf_config(
+    d:dict, # a Hugging Face ViT `config.json`, read as a dict
+) -> dict: # `ViTConfig` fields
+    "The `ViTConfig` fields a Hugging Face ViT configuration states (defaults: `transformers.ViTConfig`'s); refuses what vit_nb cannot represent."
+    if d.get('model_type', 'vit') != 'vit':
+        raise ValueError(f"a Hugging Face {d['model_type']!r} configuration: vit_nb reads ViT ('vit') checkpoints only")
+    act = d.get('hidden_act', 'gelu')
+    if act not in _HF_ACTS:
+        raise ValueError(f"hidden_act={act!r}: vit_nb's MLP uses exact GELU ('gelu') or its tanh approximation "
+                         f"({', '.join(k for k, v in _HF_ACTS.items() if v == 'gelu_tanh')}); a model with {act!r} cannot be represented")
+    D, h = d.get('hidden_size', 768), d.get('num_attention_heads', 12)
+    if D % h or d.get('head_dim', D // h) != D // h:
+        raise ValueError(f"num_attention_heads={h}, head_dim={d.get('head_dim')} with hidden_size={D}: vit_nb's heads split the "
+                         "width evenly (head width D/h); this checkpoint cannot be represented")
+    if d.get('pooler_act', 'tanh') != 'tanh':
+        raise ValueError(f"pooler_act={d['pooler_act']!r}: vit_nb's pre-logits layer is dense + tanh; this pooler cannot be represented")
+    img, P = d.get('image_size', 224), _one(d.get('patch_size', 16), 'patch_size')
+    return dict(dim=D, depth=d.get('num_hidden_layers', 12), heads=h, mlp_dim=d.get('intermediate_size', 3072),
+                img_size=tuple(img) if isinstance(img, (list, tuple)) else img, patch_size=P,
+                in_chans=d.get('num_channels', 3), qkv_bias=bool(d.get('qkv_bias', True)),
+                norm_eps=float(d.get('layer_norm_eps', 1e-12)), act=_HF_ACTS[act])
+
 
 # %% ../nbs/06_weights.ipynb #c5d43ce4
 def _square(n:int, what:str) -> tuple:
@@ -236,6 +355,40 @@ def _adapt_head(sd, msd, model, notes) -> list:
     if isinstance(getattr(model, 'head', None), nn.Linear): msg += "; the classifier is zero-initialised, ready for fine-tuning"
     notes.append(msg)
     return [k for k in msd if k.startswith(('head.', 'pre_logits.')) and k not in sd]   # model keys left as they are
+
+# %% ../nbs/06_weights.ipynb #aed8b34e
+def adapt_input_conv(
+    weight:Tensor, # `(O, I, kh, kw)`: filters for `I`-channel images
+    in_chans:int, # `C`, the channels of the model's images
+) -> Tensor: # `(O, C, kh, kw)`
+    "Filters for `C`-channel images from filters for `I` channels: summed over the channels for `C=1`, else repeated and scaled by `I/C` (as timm's `adapt_input_conv`)."
+    I = weight.shape[1]
+    if in_chans == I: return weight
+    w = weight.float()
+    if in_chans == 1: w = w.sum(1, keepdim=True)                                  # O,1,kh,kw
+    else: w = w.repeat(1, math.ceil(in_chans / I), 1, 1)[:, :in_chans] * (I / in_chans)   # O,C,kh,kw
+    return w.to(weight.dtype)
+
+def _input_conv(model:nn.Module) -> tuple: # `(name, module)`, or `(None, None)`
+    "The model's first convolution, the one that sees the image: a ViT's patch projection, a hybrid's stem."
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+
+def _adapt_channels(sd, msd, model, notes):
+    "Adapt the checkpoint's input filters in `sd` to the model's channel count, with a note."
+    name, conv = _input_conv(model)
+    key = f'{name}.weight'
+    w, mw = sd.get(key), msd.get(key)
+    if w is None or mw is None or w.ndim != 4 or w.shape[1] == mw.shape[1]: return
+    if (w.shape[0], *w.shape[2:]) != (mw.shape[0], *mw.shape[2:]): return      # other filters altogether: reported as such
+    sd[key] = adapt_input_conv(w, mw.shape[1])
+    I, C = w.shape[1], mw.shape[1]
+    how = f"summed over its {I} channels" if C == 1 else f"repeated and scaled by {I}/{C}"
+    msg = f"{key}: the checkpoint's filters for {I}-channel images adapted to the model's {C} channel{'s' * (C > 1)} ({how})"
+    if C == 1 or C % I == 0: msg += ", so that an image whose channels are all equal gives the same response"
+    if getattr(conv, 'eps', None) is not None:                                 # a weight-standardised convolution
+        msg += "; this layer standardises its filters, so the response is kept only approximately"
+    notes.append(msg)
+
 
 # %% ../nbs/06_weights.ipynb #c30adbfb
 def _summarise(keys, limit=12) -> str:
@@ -312,15 +465,15 @@ class WeightsMismatchError(RuntimeError):
 
 # %% ../nbs/06_weights.ipynb #8b1b8ae4
 def load_pretrained(
-    model:nn.Module, # a `ViT` (or any module with timm's parameter names)
+    model:nn.Module, # a `ViT` or `HybridViT` (or any module with timm's parameter names)
     src, # a state dict, or the path of a `.safetensors`, `.pt`/`.pth`/`.bin` or `.npz` file
     strict:bool=True, # fail on missing, unexpected or misshapen tensors; False: load what fits and report the rest
-    layout:str=None, # 'timm' (= ours), 'torchvision' or 'jax'; None: detect from the names
+    layout:str=None, # 'timm' (= ours), 'torchvision', 'jax' or 'hf' (Hugging Face); None: detect from the names
     reset_head:bool=True, # drop a head that does not fit (class count, pre-logits) and zero the model's classifier
     ckpt_grid=None, # the checkpoint's patch grid `(rows, cols)`; needed only to resample a non-square one
     verbose:bool=True, # print the adaptations and what was not loaded
 ) -> LoadReport:
-    "Load weights in timm's, torchvision's or the original JAX layout into `model`, checking every tensor."
+    "Load weights in timm's, torchvision's, Hugging Face's or the original JAX layout into `model`, checking every tensor."
     sd = strip_prefixes(read_weights(src))
     layout = layout or detect_layout(sd)
     if layout not in CONVERTERS: raise ValueError(f"unknown layout {layout!r}: use one of {LAYOUTS}")
@@ -328,10 +481,15 @@ def load_pretrained(
     msd = model.state_dict()
     rep = LoadReport(layout)
     _adapt_positions(sd, msd, model, ckpt_grid, rep.notes)
+    _adapt_channels(sd, msd, model, rep.notes)
     if reset_head: rep.reset = _adapt_head(sd, msd, model, rep.notes)
-    if layout == 'jax' and getattr(getattr(model, 'cfg', None), 'act', None) == 'gelu':
+    cfg = getattr(model, 'cfg', None)
+    if layout == 'jax' and getattr(cfg, 'act', None) == 'gelu':
         rep.notes.append("the JAX checkpoints were trained with tanh-approximate GELU and the model uses exact GELU "
                          "(act='gelu'); build it with act='gelu_tanh' to match them exactly")
+    if layout == 'hf' and getattr(cfg, 'norm_eps', 1e-12) != 1e-12:
+        rep.notes.append(f"Hugging Face's ViTs use LayerNorm eps 1e-12 unless their config.json says otherwise (layer_norm_eps) "
+                         f"and the model uses {cfg.norm_eps:g}; build it with the checkpoint's (norm_eps=1e-12) to match it exactly")
     rep.missing = [k for k in msd if k not in sd and k not in rep.reset]
     rep.unexpected = [k for k in sd if k not in msd]
     rep.mismatched = {k: (tuple(v.shape), tuple(msd[k].shape)) for k, v in sd.items() if k in msd and v.shape != msd[k].shape}
@@ -346,6 +504,7 @@ def load_pretrained(
         for n in rep.notes: print(f"load_pretrained: {n}")
         if rep.missing or rep.unexpected or rep.mismatched: print(f"load_pretrained (strict=False): {rep!r}")
     return rep
+
 
 # %% ../nbs/06_weights.ipynb #cbbce0b4
 class _UnknownHeads(ValueError):
@@ -364,20 +523,50 @@ def _guess_heads(D:int, guess:bool=True) -> int:
                   f"guessing heads={max(D // 64, 1)}; pass heads= to be sure")
     return max(D // 64, 1)
 
+def _converted(src, layout) -> tuple: # `(raw, layout, sd)`: the checkpoint's own names, its layout, ours
+    raw = strip_prefixes(read_weights(src))
+    layout = layout or detect_layout(raw)
+    if layout not in CONVERTERS: raise ValueError(f"unknown layout {layout!r}: use one of {LAYOUTS}")
+    return raw, layout, CONVERTERS[layout](raw)
+
+def _backbone_fields(raw, sd) -> dict|None:
+    "`BackboneConfig` fields of a hybrid checkpoint's ResNet (in our names `sd`; `raw` as saved), or None for a ViT."
+    if not any(k.startswith('patch_embed.backbone.') for k in sd): return None
+    blocks = {}                                                                 # stage -> block indices
+    for k in sd:
+        if m := re.match(r'patch_embed\.backbone\.layer(\d)\.(\d+)\.', k): blocks.setdefault(int(m[1]), set()).add(int(m[2]))
+    proj = sd.get('patch_embed.proj.weight')
+    if not blocks or proj is None or proj.shape[-2:] != (1, 1):
+        raise ValueError("a hybrid with only a stem, or with patches of its feature map (timm's vit_tiny_r_s16_p8): vit_nb's "
+                         "hybrids project 1x1 positions of a ResNet stage; this checkpoint cannot be represented")
+    if not (any(k.startswith('patch_embed.backbone.stem.') for k in raw) or 'conv_root/kernel' in raw):
+        raise ValueError("a hybrid's weights without a configuration: whether its convolutions are weight-standardised and how "
+                         "they pad leave no trace in the tensors; pass config=<a hybrid preset> (see list_models('*r50*'))")
+    stages = max(blocks)
+    return dict(arch='resnet50', stages=stages, layers=tuple(len(blocks.get(s, ())) for s in range(1, stages + 1)),
+                norm='gn', std_conv=True, padding='same')               # timm's ResNetV2 and the authors' R50 (bottlenecks)
+
+def infer_backbone(
+    src, # a state dict or weights file (see `read_weights`)
+    layout:str=None, # as in `load_pretrained`
+) -> dict|None: # `BackboneConfig` fields, or None for a plain ViT
+    "The CNN of a hybrid checkpoint (timm's R50 hybrids, the original JAX ones): blocks per stage, GroupNorm, standardised, 'SAME'-padded."
+    return _backbone_fields(*_converted(src, layout)[::2])
+
 def infer_config(
     src, # a state dict or weights file (see `read_weights`)
     layout:str=None, # as in `load_pretrained`
     ckpt_grid=None, # the patch grid `(rows, cols)` if it is not square
     guess_heads:bool=True, # for a non-standard width without `heads`: guess heads of 64 with a warning (False: refuse)
-    **overrides, # `ViTConfig` fields to set, e.g. `heads` (not visible in timm's or torchvision's weights)
+    **overrides, # `ViTConfig` fields to set, e.g. `heads` (not visible in timm's, torchvision's or Hugging Face's weights)
 ) -> ViTConfig:
-    "The `ViTConfig` of the model a checkpoint was saved from, as far as its tensors tell."
-    raw = strip_prefixes(read_weights(src))
-    layout = layout or detect_layout(raw)
+    "The `ViTConfig` of the model a checkpoint was saved from, as far as its tensors tell (for a hybrid: its Transformer)."
+    raw, layout, sd = _converted(src, layout)
     jax_heads = [v.shape[1] for k, v in raw.items() if k.endswith('query/kernel')]   # (D, h, d): the one trace of h
-    sd = CONVERTERS[layout](raw)
     if 'patch_embed.proj.weight' not in sd: raise ValueError("no patch embedding in the checkpoint: is it a ViT?")
     D, C, P, _ = sd['patch_embed.proj.weight'].shape
+    if (bb := _backbone_fields(raw, sd)) is not None:                          # a hybrid: the stem sees the image,
+        C, P = sd['patch_embed.backbone.conv1.weight'].shape[1], 2 ** (bb['stages'] + 1)   # its stride is the patch size
     cls, fc_norm = 'cls_token' in sd, 'fc_norm.weight' in sd
     kw = dict(dim=D, in_chans=C, patch_size=P, class_token=cls, fc_norm=fc_norm,
               pool='avg' if fc_norm or not cls else 'token',
@@ -385,7 +574,8 @@ def infer_config(
               mlp_dim=sd['blocks.0.mlp.fc1.weight'].shape[0], qkv_bias='blocks.0.attn.qkv.bias' in sd,
               num_classes=sd['head.weight'].shape[0] if 'head.weight' in sd else 0,
               pre_logits=sd['pre_logits.0.weight'].shape[0] if 'pre_logits.0.weight' in sd else 0,
-              act='gelu_tanh' if layout == 'jax' else 'gelu')       # JAX's nn.gelu is the tanh approximation
+              act='gelu_tanh' if layout == 'jax' else 'gelu',       # JAX's nn.gelu is the tanh approximation
+              norm_eps=1e-12 if layout == 'hf' else 1e-6)            # Hugging Face's default layer_norm_eps
     if 'pos_embed' in sd:
         gh, gw = ckpt_grid or _square(sd['pos_embed'].shape[1] - cls, 'position embeddings')
         kw.update(pos_embed='learn', img_size=gh * P if gh == gw else (gh * P, gw * P))
@@ -397,3 +587,4 @@ def infer_config(
     if jax_heads: kw['heads'] = jax_heads[0]
     if 'heads' not in kw and 'heads' not in overrides: kw['heads'] = _guess_heads(D, guess_heads)
     return ViTConfig(**{**kw, **overrides})
+
