@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Callable
 import torch
 from torch import nn
+from .patches import grid_size
 from .model import ViTConfig, ViT, PRESETS, check_preset, vit_from_config
 from .hybrid import HybridViT, HYBRID_PRESETS, hybrid_from_config
-from .weights import read_weights, strip_prefixes, infer_config, load_pretrained, WeightsMismatchError, _summarise, _key_mismatch, _UnknownHeads
+from .weights import (read_weights, strip_prefixes, infer_config, infer_backbone, hf_config, load_pretrained,
+                            WeightsMismatchError, _summarise, _key_mismatch, _UnknownHeads)
 
 # %% ../nbs/07_factory.ipynb #7effc358
 def _hybrid_build(cfg:dict, **overrides) -> HybridViT:
@@ -174,14 +176,23 @@ def find_weights(
 # %% ../nbs/07_factory.ipynb #3b3db9c2
 _CFG_FIELDS = {f for f in ViTConfig.__dataclass_fields__} | {'backbone'}
 
+def _hf_vocab(id2label) -> list|None:
+    "Class names from Hugging Face's `id2label` (`{'0': 'cat', ...}`), if its keys are 0 to K-1."
+    if not isinstance(id2label, dict) or {str(k) for k in id2label} != {str(i) for i in range(len(id2label))}: return None
+    return [str(v) for _, v in sorted(((int(k), v) for k, v in id2label.items()))]
+
 def _find_info(d:dict) -> dict:
-    "The configuration `config`, normalisation `stats` `(mean, std)` and class names `vocab` in a JSON-like dict (or one level down)."
+    "The configuration `config`, normalisation `stats` `(mean, std)` and class names `vocab` in a JSON-like dict (or one level down); a Hugging Face ViT's `hf` fields."
     info = {}
     for c in [d] + [v for v in d.values() if isinstance(v, dict)]:
         if 'config' not in info and {'dim', 'depth', 'heads'} <= set(c):
             info['config'] = {k: v for k, v in c.items() if k in _CFG_FIELDS}
+        if 'hf' not in info and c.get('model_type') == 'vit' and 'num_attention_heads' in c:   # Hugging Face's config.json
+            info['hf'] = hf_config(c)
+            if 'vocab' not in info and (v := _hf_vocab(c.get('id2label'))): info['vocab'] = v
         if 'stats' not in info:
             if 'mean' in c and 'std' in c: info['stats'] = [c['mean'], c['std']]
+            elif 'image_mean' in c and 'image_std' in c: info['stats'] = [c['image_mean'], c['image_std']]   # HF's preprocessor
             elif isinstance(c.get('stats'), (list, tuple)) and len(c['stats']) == 2: info['stats'] = list(c['stats'])
         if 'vocab' not in info and isinstance(c.get('vocab'), (list, tuple)): info['vocab'] = [str(v) for v in c['vocab']]
         if 'command' not in info and isinstance(c.get('command'), str): info['command'] = c['command']
@@ -189,8 +200,8 @@ def _find_info(d:dict) -> dict:
 
 def read_metadata(
     path, # a weights file (see `find_weights`)
-) -> dict: # any of `family`, `config`, `vocab`, `stats`, `command`, and the other `vit_nb.*` keys
-    "What is known about the model in a weights file: its safetensors metadata, then `<weights>.json`, then `config.json` beside it."
+) -> dict: # any of `family`, `config`, `hf`, `vocab`, `stats`, `command`, and the other `vit_nb.*` keys
+    "What is known about the model in a weights file: its safetensors metadata, then `<weights>.json`, then `config.json` and `preprocessor_config.json` beside it."
     path, found = Path(path), []
     if path.suffix.lower() == '.safetensors':
         from safetensors import safe_open
@@ -211,11 +222,13 @@ def read_metadata(
             raise ValueError(f"the vit_nb.config metadata of {path} is a {type(own['config']).__name__}, not a configuration")
         if isinstance(own.get('vocab'), list): own['vocab'] = [str(v) for v in own['vocab']]
         found += [own, other]
-    for p in dict.fromkeys([path.with_suffix('.json'), path.parent/'config.json']):
+    for p in dict.fromkeys([path.with_suffix('.json'), path.parent/'config.json', path.parent/'preprocessor_config.json']):
         if not p.is_file(): continue
         try: d = json.loads(p.read_text())
         except (OSError, ValueError) as e: raise ValueError(f"could not read {p}: {e}") from None
-        if isinstance(d, dict): found.append(_find_info(d))
+        if not isinstance(d, dict): continue
+        try: found.append(_find_info(d))
+        except ValueError as e: raise ValueError(f"{p}: {e}") from None          # e.g. a Hugging Face model vit_nb cannot represent
     return {k: v for f in reversed(found) for k, v in f.items()}       # the first source to have a key wins
 
 # %% ../nbs/07_factory.ipynb #aaa028ab
@@ -240,23 +253,30 @@ def _input_stats(stats, C:int, where) -> tuple:
         raise ValueError(f"the normalisation stored for {where} has {len(mean)} means and {len(std)} stds for a {C}-channel model")
     return mean, std
 
-def _inferred_vit(sd, layout, ckpt_grid, overrides, where) -> ViT:
-    "The `ViT` that `infer_config` describes for weights without a configuration; a guessed head count is refused."
-    try: return ViT(infer_config(sd, layout, ckpt_grid, guess_heads=False, **overrides))
+def _inferred_model(sd, layout, ckpt_grid, overrides, where) -> ViT:
+    "The `ViT` or `HybridViT` that `infer_config` (and `infer_backbone`) describe for weights without a configuration; a guessed head count is refused."
+    try: cfg, bb = infer_config(sd, layout, ckpt_grid, guess_heads=False, **overrides), infer_backbone(sd, layout)
     except _UnknownHeads as e:
         raise ValueError(f"{where} holds no configuration, and the number of heads of its width {e.dim} cannot be read off "
                          "the weights: pass config=<a registered name> (--preset on the command line) or heads=<h>") from None
+    return ViT(cfg) if bb is None else hybrid_from_config(dict(vit=dict(cfg.__dict__), backbone=bb))
+
+_HF_UNSEEN = ('heads', 'norm_eps', 'act')   # what a Hugging Face config.json states and its tensors do not
+
+def _hf_overrides(hf:dict, ckpt_grid, overrides:dict) -> tuple: # `(ckpt_grid, overrides)`
+    "The checkpoint grid and configuration fields a Hugging Face `config.json` adds (the caller's `overrides` win)."
+    return ckpt_grid or grid_size(hf['img_size'], hf['patch_size']), {**{k: hf[k] for k in _HF_UNSEEN}, **overrides}
 
 # %% ../nbs/07_factory.ipynb #cadc83c1
 def load_model(
-    src, # a run folder, a weights file (`.safetensors`, `.pt`/`.pth`/`.bin`/`.ckpt`, `.npz`) or a state dict
+    src, # a run folder, a weights file (`.safetensors`, `.pt`/`.pth`/`.bin`/`.ckpt`, `.npz`), a Hugging Face model folder, or a state dict
     config=None, # for weights that carry no configuration: a registered name, a `ViTConfig` or a configuration dict
-    layout:str=None, # a foreign checkpoint's layout for `load_pretrained` ('timm', 'torchvision', 'jax'); None: detect
-    ckpt_grid=None, # the checkpoint's patch grid `(rows, cols)`, if it is not square
+    layout:str=None, # a foreign checkpoint's layout for `load_pretrained` ('timm', 'torchvision', 'jax', 'hf'); None: detect
+    ckpt_grid=None, # the checkpoint's patch grid `(rows, cols)`, if it is not square (and no Hugging Face config.json says it)
     verbose:bool=False, # print `load_pretrained`'s notes
-    **overrides, # configuration fields, e.g. `heads=12`, `drop_path_rate=0.1`; `num_classes` and `img_size` adapt the loaded model
+    **overrides, # configuration fields, e.g. `heads=12`, `in_chans=1`, `drop_path_rate=0.1`; `num_classes` and `img_size` adapt the loaded model
 ) -> tuple: # the model (eval mode) and a dict: `family`, `vocab`, `mean`, `std`, `command`, `weights`
-    "Build the model that `src` holds and load its weights, checking every tensor; optionally adapt its head and resolution."
+    "Build the model that `src` holds and load its weights, checking every tensor; optionally adapt its head, resolution and input channels."
     if isinstance(src, Mapping): path, meta, sd = None, {}, read_weights(src)
     else:
         path = find_weights(src)
@@ -268,19 +288,19 @@ def load_model(
     else: family, cfg = 'vit', None
     if family not in FAMILIES: raise ValueError(f"{where} holds a model of family {family!r}, which this version does not know ({', '.join(FAMILIES)})")
     if cfg is None:                                                # weights from elsewhere: the tensors tell the configuration
-        model = _inferred_vit(sd, layout, ckpt_grid, overrides, where)
+        if 'hf' in meta: ckpt_grid, overrides = _hf_overrides(meta['hf'], ckpt_grid, overrides)
+        model = _inferred_model(sd, layout, ckpt_grid, overrides, where)
+        family = model_config(model)[0]
         load_pretrained(model, sd, layout=layout, ckpt_grid=ckpt_grid or model.grid, verbose=verbose)
     else:
         model = FAMILIES[family].build(cfg, **overrides)
         missing, unexpected, shapes = _key_mismatch(sd, model.state_dict())
         if not (missing or unexpected or shapes): model.load_state_dict(sd)
-        elif family == 'vit': load_pretrained(model, sd, layout=layout, ckpt_grid=ckpt_grid, verbose=verbose)   # another layout
-        else:
-            raise WeightsMismatchError(f"the weights in {where} do not fit the {family} model of their configuration: "
-                                       f"missing {_summarise(missing) or 'none'}; unexpected {_summarise(unexpected) or 'none'}; "
-                                       f"other shapes {shapes[:4] or 'none'}")
+        else: load_pretrained(model, sd, layout=layout, ckpt_grid=ckpt_grid, verbose=verbose)   # another layout, or adapted
     if adapt.get('num_classes', model.cfg.num_classes) != model.cfg.num_classes: model.reset_head(adapt['num_classes'])
     if 'img_size' in adapt: model.set_img_size(adapt['img_size'])
     mean, std = _input_stats(meta.get('stats'), model.cfg.in_chans, where)
-    return model.eval(), dict(family=family, vocab=meta.get('vocab'), mean=mean, std=std, command=meta.get('command'),
+    vocab = meta.get('vocab')
+    if 'hf' in meta and vocab is not None and len(vocab) != model.cfg.num_classes: vocab = None   # e.g. a ViTModel's default labels
+    return model.eval(), dict(family=family, vocab=vocab, mean=mean, std=std, command=meta.get('command'),
                               weights=str(path) if path else None)
