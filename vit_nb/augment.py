@@ -200,7 +200,7 @@ def _autocontrast(x, m=None):
 def _equalize(x, m=None):
     "Equalise the histogram of each channel on 256 levels, with PIL's lookup table."
     n, C, H, W = x.shape
-    q = (x * (256 - 1e-3)).to(torch.uint8).long().view(n * C, H * W)         # the level of each value, as torchvision bins floats
+    q = (x * (256 - 1e-3)).to(torch.uint8).long().reshape(n * C, H * W)         # the level of each value, as torchvision bins floats
     hist = torch.zeros(n * C, 256, dtype=torch.long, device=x.device).scatter_add_(1, q, torch.ones_like(q))
     cum = hist.cumsum(1)
     step = (H * W - hist.gather(1, cum.argmax(1, keepdim=True))) // 255      # pixels below the top occupied level, / 255
