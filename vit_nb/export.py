@@ -7,13 +7,13 @@ Docs: https://vit-nb.github.io/vit_nb/export.html.md"""
 # %% auto #0
 __all__ = ['FORMATS', 'OUTPUTS', 'ExportError', 'read_export_metadata', 'export_model', 'main']
 
-# %% ../nbs/15_export.ipynb #bfc65d30
+# %% ../nbs/15_export.ipynb #dea66269
 import contextlib, copy, errno, io, json, os, sys, warnings
 from pathlib import Path
 from fastcore.script import call_parse
 from .cli import UsageError, _check, _load, _weights_file
 
-# %% ../nbs/15_export.ipynb #29a7c699
+# %% ../nbs/15_export.ipynb #14bd0fdb
 FORMATS = {'onnx': '.onnx', 'torch-export': '.pt2'}   # format: the file's suffix
 OUTPUTS = ('logits', 'features')                       # what the graph returns: `(B, K)` or `(B, D)`
 
@@ -47,7 +47,7 @@ def _need_onnx():
         raise ImportError(f"ONNX export needs the packages onnx, onnxscript and onnxruntime; missing: {', '.join(missing)}. "
                           "Install them with: pip install 'vit_nb[export]' (or choose format 'torch-export', which needs nothing more)")
 
-# %% ../nbs/15_export.ipynb #6d07d22f
+# %% ../nbs/15_export.ipynb #36efa431
 def _metadata(model, info:dict, output:str, img_size) -> dict: # `vit_nb.<key>`: JSON text
     "The family, configuration, class names and input normalisation of `model`, as the exported file's metadata."
     from vit_nb.factory import model_config, _META
@@ -75,7 +75,7 @@ def read_export_metadata(
     else: raise ValueError(f"{p.name!r} is neither an .onnx nor a .pt2 file")
     return {k[len(_META):]: json.loads(v) for k, v in raw.items() if k.startswith(_META)}
 
-# %% ../nbs/15_export.ipynb #5d5855f0
+# %% ../nbs/15_export.ipynb #89437e3c
 @contextlib.contextmanager
 def _quiet():
     "Keep what the exporters print and warn out of the terminal (it is in the yielded buffer)."
@@ -113,7 +113,7 @@ def _trace(module, x, format:str, output:str, dyn:tuple, opset:int=None):
             msg = (str(e).strip().splitlines() or [''])[0]
             raise ExportError(f"the {format} exporter failed on this model: {type(e).__name__}: {msg}") from None
 
-# %% ../nbs/15_export.ipynb #7de8e64e
+# %% ../nbs/15_export.ipynb #6b4bf6d2
 def _ort_run(path):
     "A function running the ONNX file `path` with ONNX Runtime on the CPU: images tensor in, numpy array out."
     import onnxruntime as ort, torch
@@ -142,7 +142,7 @@ def _max_diffs(run, ref, shapes, atol:float) -> dict: # input shape `'BxCxHxW'`:
         out[key] = d
     return out
 
-# %% ../nbs/15_export.ipynb #3c2952fc
+# %% ../nbs/15_export.ipynb #8b7a50cb
 def _export(model, info:dict, path:Path, format, img_size, opset, dynamic_batch, batch, dynamic_size, output, atol) -> dict:
     "Export `model` (which it may resample and switch to evaluation mode) with the metadata `info` to `path`; see `export_model`."
     import torch
@@ -190,7 +190,7 @@ def _export(model, info:dict, path:Path, format, img_size, opset, dynamic_batch,
     atomic_write(path, write)
     return rep
 
-# %% ../nbs/15_export.ipynb #e46c80fb
+# %% ../nbs/15_export.ipynb #a80cfa3c
 def export_model(
     model_or_weights, # a model of a registered family, or a run folder / weights file (read by `vit_nb.factory.load_model`)
     path, # the file to write, `*.onnx` or `*.pt2`, replaced atomically if it exists; its folder must exist
@@ -222,7 +222,7 @@ def export_model(
     info['mean'], info['std'] = _input_stats(info['stats'], model.cfg.in_chans, 'the model')
     return _export(model, info, p, format, img_size, opset, dynamic_batch, batch, dynamic_size, output, atol)
 
-# %% ../nbs/15_export.ipynb #fae6417a
+# %% ../nbs/15_export.ipynb #2c464cb5
 def _size_arg(s) -> int|tuple|None:
     "The resolution `'32'` or `'24x32'` as `32` or `(24, 32)`, or a usage error."
     if s is None: return None
@@ -238,7 +238,7 @@ def _write_failed(e:OSError, out) -> int:
           "written whole or not at all, so nothing was left behind. Free some space, then run the command again.", file=sys.stderr)
     return 1
 
-# %% ../nbs/15_export.ipynb #05239ad3
+# %% ../nbs/15_export.ipynb #6505968e
 @call_parse(pos=['weights'])
 def main(
     weights:str=None, # a run folder or a weights file (.safetensors, or timm/torchvision/JAX weights; see vit_nb.factory.load_model)
