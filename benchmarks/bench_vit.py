@@ -13,16 +13,9 @@ are written to benchmarks/results.json. This is a benchmark, not a test: nothing
 import argparse, json, os, platform, statistics, time
 from pathlib import Path
 import torch, timm
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 from vit_nb.model import create_vit
-
-# PyTorch's counter has formulas for the CUDA attention kernels but none for the CPU one, which it then counts as
-# 0 FLOPs (about 8% of ViT-S/16's forward): the same formulas, registered for the CPU kernel and its backward.
-_aten = torch.ops.aten
-CPU_ATTENTION = {
-    _aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v),
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda g, q, k, v, *a, out_shape=None, **kw: sdpa_backward_flop_count(g, q, k, v)}
+from vit_nb.experiments import CPU_ATTENTION   # attention's FLOPs on the CPU kernel, which PyTorch's counter misses
 
 def matmul_gflops(n=2048, reps=5):
     a, b = torch.randn(n, n), torch.randn(n, n)

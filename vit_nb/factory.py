@@ -19,6 +19,7 @@ from torch import nn
 from .patches import grid_size
 from .model import ViTConfig, ViT, PRESETS, check_preset, vit_from_config
 from .hybrid import HybridViT, HYBRID_PRESETS, hybrid_from_config
+from .resnet import ResNet, ResNetConfig, RESNET_PRESETS, resnet_from_config
 from .weights import (read_weights, strip_prefixes, infer_config, infer_backbone, hf_config, load_pretrained,
                             WeightsMismatchError, _summarise, _key_mismatch, _UnknownHeads)
 
@@ -37,6 +38,7 @@ class Family:
 FAMILIES = dict(
     vit=Family(vit_from_config, ViT, lambda m: dict(m.cfg.__dict__)),
     hybrid=Family(_hybrid_build, HybridViT, lambda m: {**m.cfg.__dict__, 'backbone': asdict(m.backbone_cfg)}),
+    resnet=Family(resnet_from_config, ResNet, lambda m: asdict(m.cfg)),
 )
 
 # %% ../nbs/07_factory.ipynb #95ef0307
@@ -67,6 +69,7 @@ def register_model(
 
 for _n, _c in PRESETS.items(): register_model(_n, 'vit', _c)
 for _n, _c in HYBRID_PRESETS.items(): register_model(_n, 'hybrid', {**_c['vit'], 'backbone': dict(_c['backbone'])})
+for _n, _c in RESNET_PRESETS.items(): register_model(_n, 'resnet', _c)
 
 # %% ../nbs/07_factory.ipynb #7ccc3615
 def list_models(
@@ -174,7 +177,7 @@ def find_weights(
     return fs[0]
 
 # %% ../nbs/07_factory.ipynb #3b3db9c2
-_CFG_FIELDS = {f for f in ViTConfig.__dataclass_fields__} | {'backbone'}
+_CFG_FIELDS = set(ViTConfig.__dataclass_fields__) | {'backbone'} | set(ResNetConfig.__dataclass_fields__)
 
 def _hf_vocab(id2label) -> list|None:
     "Class names from Hugging Face's `id2label` (`{'0': 'cat', ...}`), if its keys are 0 to K-1."
@@ -185,7 +188,7 @@ def _find_info(d:dict) -> dict:
     "The configuration `config`, normalisation `stats` `(mean, std)` and class names `vocab` in a JSON-like dict (or one level down); a Hugging Face ViT's `hf` fields."
     info = {}
     for c in [d] + [v for v in d.values() if isinstance(v, dict)]:
-        if 'config' not in info and {'dim', 'depth', 'heads'} <= set(c):
+        if 'config' not in info and ({'dim', 'depth', 'heads'} <= set(c) or {'widths', 'blocks'} <= set(c)):
             info['config'] = {k: v for k, v in c.items() if k in _CFG_FIELDS}
         if 'hf' not in info and c.get('model_type') == 'vit' and 'num_attention_heads' in c:   # Hugging Face's config.json
             info['hf'] = hf_config(c)
@@ -240,8 +243,9 @@ def _norm_config(config) -> tuple:
         check_preset(config, MODELS, 'model')
         return MODELS[config].family, dict(MODELS[config].cfg)
     if isinstance(config, ViTConfig): return 'vit', dict(config.__dict__)
-    if isinstance(config, Mapping): return ('hybrid' if 'backbone' in config else 'vit'), dict(config)
-    raise TypeError(f"config must be a registered name, a ViTConfig or a dict, not {type(config).__name__}")
+    if isinstance(config, ResNetConfig): return 'resnet', asdict(config)
+    if isinstance(config, Mapping): return ('hybrid' if 'backbone' in config else 'resnet' if 'widths' in config else 'vit'), dict(config)
+    raise TypeError(f"config must be a registered name, a ViTConfig, a ResNetConfig or a dict, not {type(config).__name__}")
 
 def _input_stats(stats, C:int, where) -> tuple:
     "Per-channel `(mean, std)` lists for a `C`-channel model from stored stats (default 0.5, 0.5)."
@@ -296,6 +300,11 @@ def load_model(
         model = FAMILIES[family].build(cfg, **overrides)
         missing, unexpected, shapes = _key_mismatch(sd, model.state_dict())
         if not (missing or unexpected or shapes): model.load_state_dict(sd)
+        elif family == 'resnet':                                   # no other layouts to convert from
+            raise WeightsMismatchError(f"{where} does not fit the ResNet its configuration describes: "
+                + '; '.join(f"{what} ({len(ks)}): {_summarise(ks)}" for what, ks in
+                            [('missing', missing), ('unexpected', unexpected), ('misshapen', shapes)] if ks)
+                + ". Load it with the configuration it was saved with (drop the architecture overrides)")
         else: load_pretrained(model, sd, layout=layout, ckpt_grid=ckpt_grid, verbose=verbose)   # another layout, or adapted
     if adapt.get('num_classes', model.cfg.num_classes) != model.cfg.num_classes: model.reset_head(adapt['num_classes'])
     if 'img_size' in adapt: model.set_img_size(adapt['img_size'])
