@@ -64,6 +64,16 @@ def _to(o, device):
 
 def _num(v): return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else _plain(v)
 
+def _stateful(cbs) -> dict:
+    "The callbacks in `cbs` that keep a checkpoint state (methods `checkpoint_state` and `load_checkpoint_state`), by `name`."
+    found = {}
+    for cb in cbs:
+        if not (callable(getattr(cb, 'checkpoint_state', None)) and callable(getattr(cb, 'load_checkpoint_state', None))): continue
+        if cb.name in found:
+            raise ValueError(f"two callbacks are named {cb.name!r} and both keep a checkpoint state: give one of them another `name`")
+        found[cb.name] = cb
+    return found
+
 def training_state(learn, epoch:int, it:int, rng_epoch:dict=None, meta:dict=None) -> dict:
     "A resumable state of `learn` after `it` batches of epoch `epoch`."
     rec, m = learn.recorder, unwrap_model(learn.model)
@@ -75,6 +85,7 @@ def training_state(learn, epoch:int, it:int, rng_epoch:dict=None, meta:dict=None
         recorder=dict(lrs=[_num(v) for v in rec.lrs], losses=[_num(v) for v in rec.losses], iters=list(rec.iters),
                       values=[[_num(v) for v in r] for r in rec.values],
                       smooth=(_plain(rec.smooth_loss.val), rec.smooth_loss.count)),
+        callbacks={n: _plain(cb.checkpoint_state()) for n, cb in _stateful(learn.cbs).items()},
         meta=meta or {})
 
 def load_training_state(path) -> dict:
@@ -161,6 +172,31 @@ def save(self:Checkpointer, epoch:int, it:int) -> Path:
     self.saved = self.fname
     return self.fname
 
+def _check_callbacks(st:dict, have:dict) -> dict:
+    "The callback states of the training state `st`, if they are exactly those of the callbacks `have`; else a clear error."
+    saved = st.get('callbacks', {})                                  # none in checkpoints written before callbacks kept state
+    lacks, extra = sorted(set(saved) - set(have)), sorted(set(have) - set(saved))
+    if lacks:
+        raise ValueError(f"the checkpoint holds the state of callback(s) {lacks}, which this fit does not have: add them "
+                         "(the interrupted run had them), so that the resumed run continues it")
+    if extra:
+        why = "it was written before callbacks kept state" if 'callbacks' not in st else "the interrupted run did not have them"
+        raise ValueError(f"this fit has callback(s) {extra} with a checkpoint state, but the checkpoint holds none for them "
+                         f"({why}): resume without them, or start a new run with them")
+    return saved
+
+@patch
+def _load_callbacks(self:Checkpointer):
+    "Give each callback with a checkpoint state its saved state, on the model's device."
+    dev = next(unwrap_model(self.model).parameters()).device
+    for n, cb in _stateful(self.learn.cbs).items(): cb.load_checkpoint_state(_to(self._cb_states[n], dev))
+
+@patch
+def _caught_up(self:Checkpointer):
+    "The resumed run has reached the interrupted one: from here on it is that run, its callbacks' states included."
+    self.resume = None
+    self._load_callbacks()
+
 @patch
 def _stop(self:Checkpointer, epoch, it):
     self._restore_signals()
@@ -169,17 +205,18 @@ def _stop(self:Checkpointer, epoch, it):
 # %% ../nbs/12_checkpoint.ipynb #8d19109e
 @patch
 def before_fit(self:Checkpointer):
-    "Remove stale temporaries, install the signal handlers and, when resuming, load the weights and optimiser state."
+    "Check the state to resume from, remove stale temporaries, install the signal handlers and, when resuming, load the weights and optimiser state."
     self.stop_signal, self.rng_epoch, self._skip = None, None, False
+    st = self.resume
+    if st is not None:                               # refused before anything is changed
+        if st['n_epoch'] != self.n_epoch:
+            raise ValueError(f"the checkpoint is from a run of {st['n_epoch']} epochs, this fit has {self.n_epoch}: "
+                             "resume with the same number of epochs (the schedule depends on it)")
+        self._cb_states = _check_callbacks(st, _stateful(self.learn.cbs))
     if rank_info()[0] == 0:                          # temporaries a kill -9 left in the middle of a write
         for t in self.fname.parent.glob(f'.{self.fname.name}.*.tmp'): t.unlink(missing_ok=True)
     self._install_signals()
-    if self.resume is None: return
-    st = self.resume
-    if st['n_epoch'] != self.n_epoch:
-        self._restore_signals()
-        raise ValueError(f"the checkpoint is from a run of {st['n_epoch']} epochs, this fit has {self.n_epoch}: "
-                         "resume with the same number of epochs (the schedule depends on it)")
+    if st is None: return
     m = unwrap_model(self.model)
     m.load_state_dict(st['model'])
     dev = next(m.parameters()).device
@@ -188,6 +225,7 @@ def before_fit(self:Checkpointer):
     # fastai's `TfmdDL` runs one batch through its transforms (drawing random numbers) the first time `n_inp` is
     # asked for, which an uninterrupted run did in its first epoch: do it now, before the generators are restored
     for dl in self.dls.loaders: getattr(dl, 'n_inp', None)
+    if st['epoch'] >= self.n_epoch: self._load_callbacks()          # a finished run: nothing to replay
 
 @patch
 def before_epoch(self:Checkpointer):
@@ -202,7 +240,7 @@ def before_epoch(self:Checkpointer):
         rec.lrs, rec.losses, rec.iters, rec.values = list(r['lrs']), list(r['losses']), list(r['iters']), [list(v) for v in r['values']]
         rec.smooth_loss.val, rec.smooth_loss.count = r['smooth'][0].to(rec.smooth_loss.val.device), r['smooth'][1]
         set_rng_state(st['rng_epoch'] if st['iter'] else st['rng'], self.dls.train)
-        if not st['iter']: self.resume = None
+        if not st['iter']: self._caught_up()
     self.rng_epoch = rng_state(self.dls.train)
 
 @patch
@@ -234,7 +272,7 @@ def after_batch(self:Checkpointer):
     if not self.training: return
     st = self.resume
     if st is not None:
-        if self.iter == st['iter'] - 1: set_rng_state(st['rng'], self.dls.train); self.resume = None
+        if self.iter == st['iter'] - 1: set_rng_state(st['rng'], self.dls.train); self._caught_up()
         return
     done = self.iter + 1
     if self.stop_signal is not None: self.save(self.epoch, done); self._stop(self.epoch, done)
