@@ -3,15 +3,18 @@
 
 (a) accuracy against wall-clock time of the main job: runs `vit-nb-train` (its defaults, plus any extra arguments
     given after `--`) and reports the time of the first epoch reaching 90% and 92% Fashion-MNIST test accuracy;
+    with `--compile-ab N`, N pairs of the main job eager and with `--compile`, alternating (eager first in odd pairs,
+    compiled first in even ones), and their medians: the whole command, the first epoch (which pays for the
+    compilation) and the later epochs (the compiled steps);
 (b) fastai's overhead: the main job's model (vit_mini_conv_s8_32), data, optimiser hyper-parameters and number of steps, trained by
     `learn.fit_pretrain` (with its callbacks: schedule, clipping, recorder, checkpoint-free) and by a bare PyTorch loop,
     interleaved in one process; reports the ratio of their best times.
 
 The machine is shared: report `uptime` with the figures; compare only ratios measured in one run.
 
-Usage: python benchmarks/train_speed.py [--skip-a] [--skip-b] [--steps 60] [-- extra vit-nb-train arguments]
+Usage: python benchmarks/train_speed.py [--skip-a] [--skip-b] [--steps 60] [--compile-ab N] [-- extra vit-nb-train arguments]
 """
-import argparse, json, math, os, subprocess, sys, tempfile, time
+import argparse, json, math, os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 def uptime():
@@ -35,6 +38,27 @@ def bench_accuracy(extra):
         res[f'first_epoch_at_{thr:.2f}'] = None if hit is None else dict(epoch=hit['epoch'], fit_seconds=hit['seconds'],
                                                                           wall_seconds_est=round(hit['seconds'] + setup, 1))
     return res
+
+def bench_compile(extra, pairs):
+    "The main job eager and compiled (`--compile`), alternately, `pairs` times each: per-run figures and their medians."
+    runs = []
+    for i in range(pairs):
+        for compiled in ((False, True) if i % 2 == 0 else (True, False)):
+            r = bench_accuracy(extra + (['--compile'] if compiled else []))
+            ep = r['epochs']                                 # (epoch, seconds since the fit started, accuracy)
+            r.update(compiled=compiled, first_epoch_seconds=ep[0][1],
+                     later_epoch_seconds=round((ep[-1][1] - ep[0][1]) / (len(ep) - 1), 1) if len(ep) > 1 else None)
+            runs.append(r)
+            print(json.dumps({k: r[k] for k in ('compiled', 'wall_seconds', 'train_seconds', 'first_epoch_seconds',
+                                                'later_epoch_seconds', 'test_accuracy')}), flush=True)
+    def med(k, c):
+        v = [r[k] for r in runs if r['compiled'] == c and r[k] is not None]
+        return statistics.median(v) if v else None
+    keys = ('wall_seconds', 'train_seconds', 'first_epoch_seconds', 'later_epoch_seconds', 'test_accuracy')
+    summary = {m: {k: med(k, c) for k in keys} for m, c in (('eager', False), ('compiled', True))}
+    e, c = summary['eager'], summary['compiled']
+    summary['eager_over_compiled'] = {k: round(e[k] / c[k], 3) if e[k] and c[k] else None for k in keys[:4]}   # > 1: compiled is faster
+    return dict(pairs=pairs, runs=runs, summary=summary)
 
 def bench_overhead(steps, arch='vit_mini_conv_s8_32', bs=128, n_rep=3, **over):
     import torch
@@ -74,9 +98,12 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--skip-a', action='store_true'); p.add_argument('--skip-b', action='store_true')
     p.add_argument('--steps', type=int, default=60)
+    p.add_argument('--compile-ab', type=int, default=0, metavar='N',
+                   help='time the main job eager and with --compile, alternately, N times each (instead of (a))')
     a = p.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
     res = dict(load_before=uptime())
     if not a.skip_b: res['overhead'] = bench_overhead(a.steps); print(json.dumps(res['overhead']), flush=True)
-    if not a.skip_a: res['accuracy'] = bench_accuracy(extra)
+    if a.compile_ab: res['compile'] = bench_compile(extra, a.compile_ab)
+    elif not a.skip_a: res['accuracy'] = bench_accuracy(extra)
     res['load_after'] = uptime()
     print(json.dumps(res, indent=1))

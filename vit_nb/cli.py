@@ -10,6 +10,7 @@ __all__ = ['UsageError', 'new_run_dir', 'confusion_matrix', 'plot_training', 'pl
 
 # %% ../nbs/13_cli.ipynb #c8f3c811
 import errno, json, math, os, sys, time
+from functools import partial
 from pathlib import Path
 from fastcore.script import call_parse
 
@@ -76,37 +77,44 @@ def new_run_dir(root='runs', name:str=None) -> Path:
     raise RuntimeError(f"could not create a new run folder in {root}")
 
 # %% ../nbs/13_cli.ipynb #9a476595
+_DATA_SETS = ('fashion_mnist', 'digits', 'cifar10', 'imagenette')     # the names --data takes; anything else is a folder
+
 def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, stats=None, aug=True):
     "`(dls, vocab, stats)` for the `--data` option."
     from vit_nb import data as vd
-    if data in ('fashion_mnist', 'digits'):
-        try: td = vd.fashion_mnist(data_path) if data == 'fashion_mnist' else vd.digits()
-        except FileNotFoundError as e: raise UsageError(str(e)) from None
+    if data in ('fashion_mnist', 'digits', 'cifar10'):                   # in memory: `tensor_dls`
+        read = dict(fashion_mnist=lambda: vd.fashion_mnist(data_path), digits=vd.digits, cifar10=lambda: vd.cifar10(data_path))[data]
+        try: td = read()
+        except (FileNotFoundError, ValueError) as e: raise UsageError(f"--data {data}: {e}") from None
         if subset is not None: _check(0 < subset <= len(td.y_train), f"--subset {subset}: there are {len(td.y_train)} training images")
         dls = vd.tensor_dls(td, bs=bs, size=size, channels=channels, n_train=subset, n_valid=n_valid, seed=seed,
                             stats=stats, aug=aug)
         return dls, list(dls.vocab), dls.stats
-    p = Path(data).expanduser()
-    _check(p.is_dir(), f"--data {data!r} is neither 'fashion_mnist', 'digits' nor an existing folder of images")
+    if data == 'imagenette': load, hint = partial(vd.imagenette_dls, path=data_path, stats=stats or 'imagenet'), ''
+    else:
+        p = Path(data).expanduser()
+        _check(p.is_dir(), f"--data {data!r} is neither 'fashion_mnist', 'digits' nor an existing folder of images, "
+                           f"nor one of the data sets fastai downloads, 'cifar10' and 'imagenette'")
+        load = partial(vd.image_folder_dls, p, stats=stats or 'half')
+        hint = ". An image folder holds one sub-folder of images per class (or train/ and valid/ folders of those)"
     _check(size is not None, f"--size is needed for an image folder (the model's resolution)")
     import warnings
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')                      # the skipped files are summed up below
-            dls = vd.image_folder_dls(p, size=size, channels=channels or 3, bs=bs, aug=aug, stats=stats or 'half')
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(f"--data {data!r}: {e}. An image folder holds one sub-folder of images per class "
-                         "(or train/ and valid/ folders of those)") from None
+            dls = load(size=size, channels=channels or 3, bs=bs, aug=aug, n_train=subset, n_valid=n_valid)
+    except (ValueError, FileNotFoundError) as e: raise UsageError(f"--data {data if data in _DATA_SETS else repr(data)}: {e}{hint}") from None
     _check(len(dls.train_ds) > 0 and len(dls.valid_ds) > 0, f"--data {data!r}: {len(dls.train_ds)} training and "
            f"{len(dls.valid_ds)} validation images: too few images to split; add images")
+    _check(subset is None or len(dls.train_ds) == subset, f"--subset {subset}: there are {len(dls.train_ds)} training images")
     if getattr(dls, 'bad_files', None):
-        print(f"skipped {len(dls.bad_files)} file(s) in {p}: " + '; '.join(f"{f.name}: {w}" for f, w in dls.bad_files[:5])
+        print(f"skipped {len(dls.bad_files)} file(s) in {dls.path}: " + '; '.join(f"{f.name}: {w}" for f, w in dls.bad_files[:5])
               + (' ...' if len(dls.bad_files) > 5 else ''), file=sys.stderr)
     return dls, list(dls.vocab), dls.stats
 
 def _absolute_data(args:dict):
     "Store `--data` (a folder) and `--data-path` as absolute paths, so that the run resumes from any folder."
-    if args['data'] not in ('fashion_mnist', 'digits'): args['data'] = str(Path(args['data']).expanduser().absolute())
+    if args['data'] not in _DATA_SETS: args['data'] = str(Path(args['data']).expanduser().absolute())
     if args['data_path']: args['data_path'] = str(Path(args['data_path']).expanduser().absolute())
 
 # %% ../nbs/13_cli.ipynb #6a0519c6
@@ -241,6 +249,7 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
     from contextlib import nullcontext
     import torch
     from vit_nb.checkpoint import Checkpointer, TrainingInterrupted, NonFiniteLossError
+    from vit_nb.learner import CompileError
     from vit_nb.distributed import rank_info
     learn, vocab, stats = built
     rank, world = rank_info()
@@ -270,6 +279,10 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
                  "the run's own settings, so it will likely diverge again. " if e.last_good else "No checkpoint had been written yet. ")
               + f"Lower the learning rate: start a new run with a --lr below {args['lr']} (or check the data).", file=sys.stderr, flush=True)
         return 3
+    except CompileError as e:
+        if resume_state is None and rank == 0 and run.is_dir() and not any(run.iterdir()): run.rmdir()   # the new run folder, empty
+        raise UsageError(f"--compile: torch.compile cannot compile the model here ({e.reason}). Drop --compile to train "
+                         "without compiling") from None
     except OSError as e: return _disk_full(e, command, run, 'a checkpoint')
     if rank != 0: return 0                                   # rank 0 evaluates and writes the run folder
     if finished:
@@ -307,15 +320,15 @@ def _check_common(epochs=1, bs=1, lr=1., subset=None, threads=None, warmup=0., c
 # %% ../nbs/13_cli.ipynb #908cc187
 @call_parse
 def train(
-    data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
-    data_path:str=None, # folder with the Fashion-MNIST IDX files (default: searched; see vit_nb.data)
+    data:str='fashion_mnist', # 'fashion_mnist' (1x28x28; --aug: pad-crop 2, flip, rotate 10°, zoom 1.1; its mean and std), 'digits' (1x8x8; pad-crop 1, rotate 10°, zoom 1.1; its mean and std), 'cifar10' (3x32x32; pad-crop 4, flip, as labml; mean and std 0.5), 'imagenette' (RGB photos, shortest side 160; random resized crop, flip, rotate 10°, zoom 1.1, lighting; ImageNet's mean and std), or a folder of images in class sub-folders (as imagenette; mean and std 0.5)
+    data_path:str=None, # a folder holding the --data set: Fashion-MNIST's IDX files, or the folder fastai's CIFAR-10 or Imagenette archive unpacks to (default: $VIT_NB_FASHION_MNIST, $VIT_NB_CIFAR10 or $VIT_NB_IMAGENETTE, else the usual places, see vit_nb.data; CIFAR-10 and Imagenette are then downloaded once where there is internet, never with VIT_NB_OFFLINE=1)
     arch:str='vit_mini_conv_s8_32', # a registered model, ViT or hybrid: see vit_nb.factory.list_models()
     epochs:int=5, # training epochs
     bs:int=128, # batch size
     lr:float=2e-3, # peak learning rate (Adam)
     wd:float=0.05, # decoupled weight decay
     warmup:float=0.1, # warm-up: fraction of training (or steps if >= 1)
-    decay:str='cos', # learning-rate decay after the warm-up: 'cos' or 'linear'
+    decay:str='cos', # learning-rate decay after the warm-up: 'cos', 'linear' or 'none' (constant)
     clip:float=1., # gradient clipping at this global norm (0: off)
     label_smoothing:float=0.1, # label smoothing (0: off)
     mixup:float=0., # MixUp alpha (0: off)
@@ -327,22 +340,24 @@ def train(
     depth:int=None, # override the preset's number of blocks `L`
     heads:int=None, # override the preset's number of heads `h`
     mlp_dim:int=None, # override the preset's MLP size
-    size:int=None, # image size (default: the preset's, e.g. 32: Fashion-MNIST is resized)
+    size:int=None, # image size (default: the preset's, e.g. 32: Fashion-MNIST and Imagenette are resized, CIFAR-10 is not)
     subset:int=None, # train on a class-balanced subset of this many images
     n_valid:int=None, # evaluate on a class-balanced subset of this many test images
     out:str='runs', # parent folder of the run folders
     name:str=None, # the run folder's name (default: date-time); must not exist
-    resume:str=None, # continue an interrupted run: its folder or checkpoint.pt (other options are ignored)
+    resume:str=None, # continue an interrupted run: its folder or checkpoint.pt (the other options are the run's own, but --compile)
     every:int=0, # also checkpoint every this many batches (0: each epoch)
     seed:int=0, # random seed
     threads:int=None, # CPU threads for PyTorch (default: PyTorch's)
     precision:str='auto', # 'auto' (bf16/fp16 on CUDA, fp32 on CPU), 'fp32', 'bf16' or 'fp16'
+    compile:bool=False, # compile the model with torch.compile (on a CPU inductor needs a C++ compiler): faster steps after a compilation at the first batch; with --resume, this command line decides
     no_bar:bool=False, # no progress bar
 ):
     "Pre-train a ViT (Adam, weight decay, warm-up + decay, clipping): by default on Fashion-MNIST, on a CPU."
     args = {k: v for k, v in locals().items()}
     if resume:
         run, st, args = _resume_args(resume, 'train')
+        args['compile'] = compile                              # a speed setting: this command line's
         print(f"resuming {run} from epoch {st['epoch'] + 1}, batch {st['iter']}", flush=True)
     else:
         _check_common(epochs, bs, lr, subset, threads, warmup, clip, every, n_valid)
@@ -359,7 +374,7 @@ def train(
         from vit_nb.factory import MODELS
         try: check_preset(arch, MODELS, 'model')
         except ValueError as e: raise UsageError(f"--arch {arch!r} is not a preset: {e}") from None
-        _check(decay in ('cos', 'linear'), f"--decay must be 'cos' or 'linear', got {decay!r}")
+        _check(decay in ('cos', 'linear', 'none'), f"--decay must be 'cos', 'linear' or 'none', got {decay!r}")
         _check(precision in ('auto', 'fp32', 'bf16', 'fp16'), f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
         _check(not (mixup and cutmix), "use --mixup or --cutmix, not both")
         if data_path: _check(Path(data_path).expanduser().is_dir(), f"--data-path {data_path!r} is not a folder")
@@ -374,7 +389,7 @@ def train(
         over = {k: a.get(k) for k in ('patch_size', 'dim', 'depth', 'heads', 'mlp_dim') if a.get(k)}
         if a['drop_path']: over['drop_path_rate'] = a['drop_path']
         try: learn = vit_learner(dls, a['arch'], label_smoothing=a['label_smoothing'], mixup=a['mixup'], cutmix=a['cutmix'],
-                                 config=over, precision=a['precision'])
+                                 config=over, precision=a['precision'], compile=a.get('compile', False))
         except ValueError as e: raise UsageError(f"bad model options: {e}") from None
         return learn, vocab, stats
     def fit(learn, cbs):
@@ -406,8 +421,8 @@ def _weights_file(weights) -> Path:
 @call_parse(pos=['weights'])
 def finetune(
     weights:str=None, # a run folder or a weights file (.safetensors, or timm/torchvision/JAX weights; see vit_nb.factory.load_model)
-    data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
-    data_path:str=None, # folder with the Fashion-MNIST IDX files
+    data:str='fashion_mnist', # 'fashion_mnist', 'digits', 'cifar10', 'imagenette' (each with its augmentation, always on here; see vit-nb-train --help), or a folder of images in class sub-folders; normalised as the weights were trained
+    data_path:str=None, # a folder holding the --data set (Fashion-MNIST's IDX files, or CIFAR-10's or Imagenette's folder; see vit-nb-train --help)
     size:int=56, # fine-tuning resolution (the paper fine-tunes at a higher resolution than it pre-trains)
     epochs:int=2, # epochs
     bs:int=128, # batch size
@@ -420,17 +435,19 @@ def finetune(
     n_valid:int=None, # evaluate on a class-balanced subset of this many test images
     out:str='runs', # parent folder of the run folders
     name:str=None, # the run folder's name (default: date-time); must not exist
-    resume:str=None, # continue an interrupted fine-tuning run: its folder or checkpoint.pt
+    resume:str=None, # continue an interrupted fine-tuning run: its folder or checkpoint.pt (the other options are the run's own, but --compile)
     every:int=0, # also checkpoint every this many batches
     seed:int=0, # random seed
     threads:int=None, # CPU threads for PyTorch
     precision:str='auto', # 'auto', 'fp32', 'bf16' or 'fp16'
+    compile:bool=False, # compile the model with torch.compile (on a CPU inductor needs a C++ compiler): faster steps after a compilation at the first batch; with --resume, this command line decides
     no_bar:bool=False, # no progress bar
 ):
     "Fine-tune trained weights at a higher resolution (SGD + momentum, cosine, new head, 2-D interpolated positions)."
     args = {k: v for k, v in locals().items()}
     if resume:
         run, st, args = _resume_args(resume, 'finetune')
+        args['compile'] = compile                              # a speed setting: this command line's
         print(f"resuming {run} from epoch {st['epoch'] + 1}, batch {st['iter']}", flush=True)
     else:
         _check(weights is not None, "the weights to fine-tune are required (a run folder or a .safetensors file)")
@@ -457,7 +474,7 @@ def finetune(
         stats = (info['mean'], info['std'])                    # the normalisation it was trained with
         dls, vocab, stats = _data(a['data'], a['data_path'], a['size'], a['bs'], a['subset'], a['n_valid'], a['seed'],
                                   channels=model.cfg.in_chans, stats=stats)
-        learn = vit_learner(dls, model, new_head=not a['keep_head'], precision=a['precision'])
+        learn = vit_learner(dls, model, new_head=not a['keep_head'], precision=a['precision'], compile=a.get('compile', False))
         return learn, vocab, stats
     def fit(learn, cbs):
         learn.fit_finetune(args['epochs'], lr=args['lr'], warmup=args['warmup'], clip=args['clip'],
@@ -470,8 +487,8 @@ def finetune(
 @call_parse(pos=['weights'])
 def evaluate(
     weights:str=None, # a run folder or a weights file (.safetensors)
-    data:str='fashion_mnist', # 'fashion_mnist', 'digits', or a folder of images in class sub-folders
-    data_path:str=None, # folder with the Fashion-MNIST IDX files
+    data:str='fashion_mnist', # 'fashion_mnist', 'digits', 'cifar10', 'imagenette' (their test or validation images), or a folder of images in class sub-folders; normalised as the weights were trained
+    data_path:str=None, # a folder holding the --data set (Fashion-MNIST's IDX files, or CIFAR-10's or Imagenette's folder; see vit-nb-train --help)
     bs:int=256, # batch size
     n_valid:int=None, # evaluate on a class-balanced subset of this many test images
     json_out:str=None, # also write the results to this JSON file
