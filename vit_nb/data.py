@@ -13,7 +13,7 @@ __all__ = ['FASHION_MNIST_CLASSES', 'FASHION_MNIST_FILES', 'FASHION_MNIST_ENV', 
            'FastaiData', 'fastai_data', 'cifar10', 'cifar10_dls', 'imagenette_label', 'imagenette_dls']
 
 # %% ../nbs/10_data.ipynb #8b11b2b4
-import gzip, os, random, socket, struct, threading, urllib.parse, urllib.request, warnings
+import gzip, os, random, struct, threading, urllib.parse, urllib.request, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
