@@ -143,8 +143,6 @@ def test_offline_error(name, title, url, var, layout, tmp_path):
     assert 'Traceback' not in r.stderr
     assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir())
     assert time.perf_counter() - t0 < 60                                # start-up only: nothing waits for a network
-    r = run('evaluate', tmp_path/'nothing', '--data', name, home=tmp_path/'empty_home')
-    assert r.returncode == 2 and 'does not exist' in r.stderr
 
 
 def test_wrong_folders(cifar, imagenette, home, tmp_path):
@@ -177,3 +175,24 @@ def test_help_states_the_defaults(cifar):
     for cmd in ('finetune', 'evaluate'):
         h = subprocess.run([str(BIN/f'vit-nb-{cmd}'), '--help'], capture_output=True, text=True, env={**os.environ, 'COLUMNS': '1000'}).stdout
         assert "'cifar10', 'imagenette'" in h and '--data-path' in h and (cmd == 'evaluate' or '--compile' in h)
+
+
+LABML = ['--data', 'cifar10', '--arch', 'vit_labml_patch4_32', '--epochs', '32', '--bs', '64', '--lr', '2.5e-4',
+         '--wd', '0', '--warmup', '0', '--decay', 'none', '--clip', '0', '--label-smoothing', '0', '--aug']   # 13_cli's command
+
+
+def test_labml_command(cifar, home, tmp_path):
+    "labml's experiment, as the CLI notebook writes it, for one step: its model and a constant learning rate of 2.5e-4."
+    nb = json.loads((Path(__file__).parents[1]/'nbs'/'13_cli.ipynb').read_text())
+    text = ' '.join(' '.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown').replace('\\\n', ' ').split())
+    assert 'vit-nb-train ' + ' '.join(LABML) in text                   # the documented command is the one tested
+    args = LABML[:LABML.index('--epochs')] + ['--epochs', '1'] + LABML[LABML.index('--epochs') + 2:]
+    r = run('train', *args, '--subset', '64', '--n-valid', '20', '--threads', '1', '--no-bar', '--out', tmp_path, '--name', 'l',
+            home=home, VIT_NB_CIFAR10=str(cifar))
+    assert r.returncode == 0, r.stderr[-3000:]
+    import torch
+    st = torch.load(tmp_path/'l'/'checkpoint.pt', weights_only=True)
+    assert st['recorder']['lrs'] == [2.5e-4] and st['meta']['args']['arch'] == 'vit_labml_patch4_32'
+    assert all(h['wd'] == 0 and h['mom'] == 0.9 and h['sqr_mom'] == 0.999 for h in st['opt']['hypers'])   # Adam, no weight decay
+    cfg = json.loads((tmp_path/'l'/'config.json').read_text())['model']
+    assert (cfg['dim'], cfg['depth'], cfg['heads'], cfg['patch_size']) == (512, 6, 8, 4)
