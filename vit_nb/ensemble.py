@@ -9,7 +9,7 @@ __all__ = ['TTA_DEFAULTS', 'log_mean_softmax', 'Member', 'check_members', 'Ensem
            'hflip_images', 'tta_augs', 'TTA', 'tta_predict', 'Calibration', 'calibration_error', 'reliability_diagram',
            'fit_temperature', 'TemperatureScaled']
 
-# %% ../nbs/17_ensemble.ipynb #30307540
+# %% ../nbs/17_ensemble.ipynb #f1e5ca1e
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +22,7 @@ from .patches import to_2tuple
 from .augment import resize_images
 from .factory import load_model, atomic_write, unwrap_model, _input_stats
 
-# %% ../nbs/17_ensemble.ipynb #6c4ecbab
+# %% ../nbs/17_ensemble.ipynb #906e9985
 def _weights(weights, M:int) -> Tensor:
     "`M` non-negative weights summing to 1 (equal ones for `None`), or a `ValueError` that says what is wrong."
     if weights is None: return torch.full((M,), 1 / M, dtype=torch.float64)
@@ -43,7 +43,7 @@ def log_mean_softmax(
     w = _weights(weights, len(lp)).to(lp)
     return torch.logsumexp(lp + w.log()[:, None, None], 0)
 
-# %% ../nbs/17_ensemble.ipynb #972ae8da
+# %% ../nbs/17_ensemble.ipynb #11859a69
 def _to_channels(x:Tensor, c:int) -> Tensor:
     "Float images `(B,C,H,W)` with `c` channels: a grey image repeated, or an RGB image to grey with the weights `vit_nb.data` uses."
     if x.shape[1] == c: return x
@@ -79,7 +79,7 @@ class Member(nn.Module):
 
     def extra_repr(self): return f"name={self.name!r}, img_size={self.img_size}, in_chans={self.in_chans}"
 
-# %% ../nbs/17_ensemble.ipynb #e4261fb5
+# %% ../nbs/17_ensemble.ipynb #30d7afab
 def _short(v, n=12): return str(v) if len(v) <= n else f"{v[:n]} ... ({len(v)} classes)"
 
 def check_members(
@@ -109,7 +109,7 @@ def check_members(
                          + "\nAn ensemble averages the probabilities of the same classes: combine models trained on the same data")
     return list(vocabs[0])
 
-# %% ../nbs/17_ensemble.ipynb #1f83968b
+# %% ../nbs/17_ensemble.ipynb #93633c1c
 def _member_input(m) -> tuple:
     "`((H, W), C)` that member `m` takes (`None`s for a model that states no `cfg`)."
     if isinstance(m, Member): return m.img_size, m.in_chans
@@ -134,9 +134,10 @@ class Ensemble(nn.Module):
                              "(or use load_ensemble) so that each gets its own size and normalisation from images in [0, 1]")
 
     @property
-    def img_size(self) -> tuple: return max((s for s, c in map(_member_input, self.members) if s), key=lambda s: s[0] * s[1])   # the largest
+    def img_size(self) -> tuple: # the largest `(H, W)` of the members (`None` if none states one)
+        return max((s for s, c in map(_member_input, self.members) if s), key=lambda s: s[0] * s[1], default=None)
     @property
-    def in_chans(self) -> int: return max(c for s, c in map(_member_input, self.members) if c)
+    def in_chans(self) -> int: return max((c for s, c in map(_member_input, self.members) if c), default=None)   # the most channels
     @property
     def names(self) -> list: return [getattr(m, 'name', None) or f'member {i}' for i, m in enumerate(self.members)]
 
@@ -149,7 +150,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x:Tensor) -> Tensor: return log_mean_softmax(self.member_logits(x), self.weights)   # B,K log-probabilities
 
-# %% ../nbs/17_ensemble.ipynb #95212f73
+# %% ../nbs/17_ensemble.ipynb #d170dca8
 def load_ensemble(
     srcs, # run folders or weights files, one per member (anything `load_model` reads)
     weights=None, # one weight per member; `None`: equal weights
@@ -165,7 +166,7 @@ def load_ensemble(
     ens = Ensemble([Member(m, i['mean'], i['std'], name=i['name']) for m, i in zip(models, infos)], weights, vocab)
     return ens.eval(), infos
 
-# %% ../nbs/17_ensemble.ipynb #aec1a10e
+# %% ../nbs/17_ensemble.ipynb #7c018228
 def shift_images(
     x:Tensor, # images `(B,C,H,W)`
     dy:int, # rows to move down (negative: up)
@@ -212,7 +213,7 @@ class TTA(nn.Module):
     ):
         super().__init__()
         if augs is None or isinstance(augs, str): augs = tta_augs(augs)
-        if not isinstance(augs, dict): augs = {getattr(f, '__name__', f'aug {i}'): f for i, f in enumerate(augs)}
+        if not isinstance(augs, dict): augs = {f"{i} {getattr(f, '__name__', 'aug')}": f for i, f in enumerate(augs)}   # unique names
         if not augs: raise ValueError("TTA needs at least one augmentation (the identity: tta_augs(flip=False, shift=0))")
         self.model, self.augs = model, dict(augs)
 
@@ -232,7 +233,7 @@ def tta_predict(
         with torch.no_grad(): return TTA(model.eval(), augs)(x)
     finally: model.train(was)
 
-# %% ../nbs/17_ensemble.ipynb #6e2b2d04
+# %% ../nbs/17_ensemble.ipynb #4bbc9beb
 @dataclass
 class Calibration:
     "A calibration error and what a reliability diagram draws: per-bin accuracy, mean confidence and count."
@@ -278,7 +279,7 @@ def calibration_error(
     ece = (w * gap).sum() if norm == 'l1' else (w * gap**2).sum().sqrt() if norm == 'l2' else gap[counts > 0].max()
     return Calibration(float(ece), norm, edges, acc, cnf, counts, float(correct.mean()))
 
-# %% ../nbs/17_ensemble.ipynb #9720a4c5
+# %% ../nbs/17_ensemble.ipynb #f16c1548
 def reliability_diagram(
     cal:Calibration, # from `calibration_error`
     path=None, # write the figure to this PNG file (atomically); `None`: only return it
@@ -288,8 +289,8 @@ def reliability_diagram(
 ):
     "A reliability diagram: accuracy per confidence bin, the gap to the diagonal of perfect calibration, the ECE in the title."
     import matplotlib.pyplot as plt
-    fig = ax.figure if ax is not None else plt.subplots(figsize=(4, 4), dpi=80)[1].figure
-    ax = ax or fig.axes[0]
+    if ax is None: fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+    else: fig = ax.figure
     e = cal.edges.numpy()
     lo, w, full = e[:-1], e[1:] - e[:-1], (cal.counts > 0).numpy()
     acc, conf = cal.acc.numpy(), cal.conf.numpy()
@@ -304,10 +305,11 @@ def reliability_diagram(
     if path is not None:
         fig.tight_layout()
         atomic_write(path, lambda t: fig.savefig(t, format='png'))
-    if close if close is not None else path is not None: plt.close(fig)
+    if close is None: close = path is not None
+    if close: plt.close(fig)
     return fig
 
-# %% ../nbs/17_ensemble.ipynb #a5e5f71c
+# %% ../nbs/17_ensemble.ipynb #85670984
 def fit_temperature(
     logits, # `(N, K)` held-out logits (or an ensemble's log-probabilities)
     targets, # `(N,)` their true classes
