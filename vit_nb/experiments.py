@@ -6,12 +6,15 @@ Docs: https://vit-nb.github.io/vit_nb/experiments.html.md"""
 
 # %% auto #0
 __all__ = ['CPU_ATTENTION', 'EXP_VIT', 'PAPER_TABLE8', 'model_cost', 'train_eval', 'run_grid', 'summarise', 'inductive_bias',
-           'plot_by_size', 'pos_embed_ablation', 'table8', 'pretrain', 'transfer', 'throughput', 'patch_size_sweep']
+           'plot_by_size', 'pos_embed_ablation', 'table8', 'pretrain', 'transfer', 'throughput', 'patch_size_sweep',
+           'extract_features', 'fit_linear_probe', 'few_shot']
 
 # %% ../nbs/20_experiments.ipynb #c2b42ee4
 import time, copy
 import pandas as pd
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 import matplotlib.pyplot as plt
@@ -264,3 +267,55 @@ def patch_size_sweep(
         df.loc[df.patch == p, 'params'] = c['params']
         df.loc[df.patch == p, 'train_img_s'] = throughput(m, (C, size, size), bs)
     return df
+
+# %% ../nbs/20_experiments.ipynb #315997a5
+@torch.no_grad()
+def extract_features(
+    model:nn.Module, # a `ViT`, `HybridViT` or `ResNet` (anything with `forward_features` and `forward_head(x, pre_logits=True)`)
+    dl, # batches of `(images, labels)`, prepared as the model expects (e.g. `dls.train` without shuffling, or `dls.valid`)
+) -> tuple: # features `(N, D)` (float64, on the CPU) and labels `(N,)`
+    "The frozen pre-logit representation of every image in `dl`, in eval mode (the model's mode is restored)."
+    was = model.training; model.eval()
+    try:
+        fs, ys = [], []
+        for xb, yb in dl:
+            fs.append(model.forward_head(model.forward_features(xb), pre_logits=True).double().cpu()); ys.append(yb.cpu())
+    finally: model.train(was)
+    return torch.cat(fs).as_subclass(torch.Tensor), torch.cat(ys).as_subclass(torch.Tensor)
+
+def fit_linear_probe(
+    X:torch.Tensor, # features `(n, D)`
+    y:torch.Tensor, # labels `(n,)` in `0..K-1`
+    num_classes:int, # `K`
+    l2:float=1., # the ridge penalty $\lambda$ (on the weights, not the bias)
+) -> tuple: # `(W (D, K), b (K,))`
+    "The paper's few-shot head: regularised least squares from features to $\\{-1, 1\\}^K$ targets, in closed form."
+    X = X.double(); mu = X.mean(0); Xc = X - mu
+    Y = 2. * F.one_hot(y.long(), num_classes).double() - 1.; ym = Y.mean(0)
+    W = torch.linalg.solve(Xc.T @ Xc + l2 * torch.eye(X.shape[1], dtype=X.dtype), Xc.T @ (Y - ym))
+    return W, ym - mu @ W
+
+# %% ../nbs/20_experiments.ipynb #ed468649
+def few_shot(
+    train:tuple, # `(features, labels)` of the images to draw the shots from (`extract_features`)
+    test:tuple, # `(features, labels)` to score on
+    shots=(1, 5, 10), # images per class
+    draws:int=5, # random draws of the shots per setting
+    l2:float=1., # ridge penalty
+    seed:int=0,
+) -> pd.DataFrame: # one row per shots: mean and std of the accuracy over the draws, and the draws
+    "Few-shot linear accuracy (§4.1): for each number of shots, `draws` random class-balanced subsets, a closed-form probe each."
+    (Xtr, ytr), (Xte, yte) = train, test
+    K = int(max(ytr.max(), yte.max())) + 1
+    by_class = [torch.nonzero(ytr == k).flatten() for k in range(K)]
+    if (short := [k for k, i in enumerate(by_class) if len(i) < max(shots)]):
+        raise ValueError(f"classes {short} have fewer than {max(shots)} training images: lower shots or pass more images")
+    g, rows = torch.Generator().manual_seed(seed), []
+    for n in shots:
+        accs = []
+        for _ in range(draws):
+            idx = torch.cat([i[torch.randperm(len(i), generator=g)[:n]] for i in by_class])
+            W, b = fit_linear_probe(Xtr[idx], ytr[idx], K, l2)
+            accs.append(((Xte.double() @ W + b).argmax(1) == yte).double().mean().item())
+        rows.append(dict(shots=n, acc=float(np.mean(accs)), std=float(np.std(accs)), draws=accs))
+    return pd.DataFrame(rows)
