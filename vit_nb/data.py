@@ -443,7 +443,7 @@ def image_folder_dls(
     seed:int=42, # seed of that split and of the subsets
     n_train:int=None, # train on a class-balanced random subset of this many images (as `tensor_dls`)
     n_valid:int=None, # validate on a class-balanced subset of this many images
-    aug:bool=True, # training images: fastai's `RandomResizedCrop`, then `aug_transforms` (flip, rotation, zoom, lighting)
+    aug:bool|dict=True, # training images: fastai's `RandomResizedCrop`, then `aug_transforms` (flip, rotation, zoom, lighting); or a dict of `batch_augs` options
     flip:bool=True, # horizontal flips (off where a mirrored image changes class)
     min_scale:float=0.75, # smallest area fraction of the random crops (training)
     stats='half', # `(mean, std)` per channel; `'half'`: 0.5, 0.5 (the released ViTs'); `'imagenet'`
@@ -469,7 +469,16 @@ def image_folder_dls(
     mean, std = dict(half=([0.5] * 3, [0.5] * 3), imagenet=([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])).get(stats, stats) \
                 if isinstance(stats, str) else stats
     if len(mean) != channels: mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
-    if aug:
+    if isinstance(aug, dict) and aug:                            # `batch_augs` options: the random resized crop on the items, the rest on batches
+        aug = {k: v for k, v in aug.items() if k != 'size'}
+        rrc = aug.pop('rrc', None)
+        if rrc is not None:
+            crop = RandomResizedCrop(size, min_scale=rrc[0], max_scale=rrc[1])
+            crop.split_idx = 0
+            item_tfms = [crop, PrepareImage(size, channels, split_idx=1)]
+        else: item_tfms = [PrepareImage(size, channels, split_idx=None)]
+        batch_tfms = batch_augs(**aug)                           # each on training batches only (`split_idx=0`)
+    elif aug:
         crop = RandomResizedCrop(size, min_scale=min_scale)
         crop.split_idx = 0                                       # training only (fastai's default: a centre crop on validation too)
         item_tfms = [crop, PrepareImage(size, channels, split_idx=1)]

@@ -22,7 +22,8 @@ from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, SchedNo, combine_scheds
 from fastai.callback.training import GradientClip
-from fastai.callback.mixup import MixUp, CutMix
+from .augment import MixUpCutMix
+from .averaging import EMA, AverageLastEpochs
 from .model import ViT, ViTConfig
 from .patches import to_2tuple
 from .factory import create_model, unwrap_model
@@ -72,6 +73,19 @@ def _precision(learn, precision:str):
     if precision == 'auto': precision = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
     return learn.to_bf16() if precision == 'bf16' else learn.to_fp16()
 
+def _kit_cbs(num_classes, label_smoothing, mixup, cutmix, mix_prob, switch_prob, ema, avg_last) -> list:
+    "The callbacks of the training kit that `vit_learner`'s arguments ask for: `MixUpCutMix`, `EMA`, `AverageLastEpochs`."
+    if mixup < 0 or cutmix < 0: raise ValueError(f"mixup and cutmix are Beta(α, α) parameters >= 0 (0: off), got {mixup} and {cutmix}")
+    if not (mixup or cutmix) and (mix_prob != 1 or switch_prob != 0.5):
+        raise ValueError(f"mix_prob={mix_prob} and switch_prob={switch_prob} configure MixUp/CutMix: set mixup or cutmix too")
+    if int(avg_last) != avg_last or avg_last < 0: raise ValueError(f"avg_last is a number of epochs >= 0 (0: off), got {avg_last}")
+    cbs = []
+    if mixup or cutmix: cbs.append(MixUpCutMix(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mix_prob, switch_prob=switch_prob,
+                                               label_smoothing=label_smoothing, num_classes=num_classes))
+    if ema is not None: cbs.append(EMA(**(dict(validate=True) | (dict(ema) if isinstance(ema, dict) else dict(decay=ema)))))
+    if avg_last: cbs.append(AverageLastEpochs(int(avg_last)))
+    return cbs
+
 # %% ../nbs/11_learner.ipynb #feebae82
 def vit_learner(
     dls, # fastai `DataLoaders` of images `(B, C, H, W)` and integer labels
@@ -80,9 +94,13 @@ def vit_learner(
     img_size=None, # training resolution; default: the data's
     new_head:bool=False, # give a `ViT` a new zero-initialised classifier (fine-tuning, §3.2)
     config:dict=None, # `ViTConfig` overrides for a new model, e.g. `dict(drop_path_rate=0.1)`
-    label_smoothing:float=0., # label-smoothing $\varepsilon$ (0: plain cross-entropy)
+    label_smoothing:float=0., # label-smoothing $\varepsilon$ (0: plain cross-entropy); with mixing, folded into the mixed targets
     mixup:float=0., # MixUp $\alpha$ (0: off)
-    cutmix:float=0., # CutMix $\alpha$ (0: off)
+    cutmix:float=0., # CutMix $\alpha$ (0: off); with `mixup` too, each mixed batch is one or the other
+    mix_prob:float=1., # probability of mixing a training batch
+    switch_prob:float=0.5, # with both on: the probability that a mixed batch is CutMix rather than MixUp
+    ema=None, # keep an exponential moving average of the weights (`EMA`, validated each epoch): its decay, e.g. 0.999, or a dict of `EMA` arguments; `None`: off
+    avg_last:int=0, # install the average of the last `avg_last` epochs' weights at the end of the fit (`AverageLastEpochs`; 0: off)
     metrics=accuracy, # fastai metrics
     precision:str='auto', # 'auto' (bf16/fp16 on CUDA, fp32 on CPU), 'fp32', 'bf16' or 'fp16' (the last two on CUDA only)
     opt_func=partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8), # the optimiser; the recipes set their own
@@ -91,11 +109,11 @@ def vit_learner(
     **kwargs # passed to `Learner` (`path`, `model_dir`, `wd`, ...)
 ) -> ViTLearner:
     "A fastai `Learner` for a ViT on `dls`, with parameter groups by depth and no weight decay where it does not belong."
-    if mixup and cutmix: raise ValueError("fastai's MixUp and CutMix cannot be combined: set only one of mixup, cutmix")
     shape, c = _data_shape(dls)
     model = _build_model(arch, shape[0], img_size or shape[1:], num_classes or c, config, new_head)
     loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else CrossEntropyLossFlat()
-    cbs = L(cbs) + ([MixUp(mixup)] if mixup else []) + ([CutMix(cutmix)] if cutmix else []) + ([PlainInputs()] if compile else [])
+    K = getattr(getattr(model, 'cfg', None), 'num_classes', None) or num_classes or c      # the soft targets' width: the head's
+    cbs = L(cbs) + _kit_cbs(K, label_smoothing, mixup, cutmix, mix_prob, switch_prob, ema, avg_last) + ([PlainInputs()] if compile else [])
     if compile: model = _compiled(model, compile)                 # see Compiling the model, below
     learn = ViTLearner(dls, model, loss_func=loss, opt_func=opt_func, splitter=vit_splitter, metrics=metrics, cbs=cbs, **kwargs)
     return _precision(learn, precision)
