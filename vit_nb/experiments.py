@@ -7,15 +7,16 @@ Docs: https://vit-nb.github.io/vit_nb/experiments.html.md"""
 # %% auto #0
 __all__ = ['CPU_ATTENTION', 'EXP_VIT', 'PAPER_TABLE8', 'FOOTWEAR', 'model_cost', 'train_eval', 'run_grid', 'summarise',
            'inductive_bias', 'plot_by_size', 'pos_embed_ablation', 'table8', 'pretrain', 'transfer', 'throughput',
-           'patch_size_sweep', 'extract_features', 'fit_linear_probe', 'few_shot', 'placed_items']
+           'patch_size_sweep', 'extract_features', 'fit_linear_probe', 'few_shot', 'placed_items',
+           'MaskedPatchPrediction', 'mpp_loss']
 
 # %% ../nbs/20_experiments.ipynb #c2b42ee4
-import time, copy
+import math, time, copy
 import pandas as pd
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import nn, Tensor
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 import matplotlib.pyplot as plt
 from fastai.learner import Learner
@@ -324,7 +325,7 @@ def few_shot(
 FOOTWEAR = (5, 7, 9)                                             # Fashion-MNIST's sandal, sneaker, ankle boot
 _RELATION_CELLS = dict(row=[(0, 1), (2, 3)], column=[(0, 2), (1, 3)], diagonal=[(0, 3), (1, 2)])   # cells numbered row-major
 
-def _place(items:torch.Tensor, cells, cell:int=14) -> torch.Tensor:
+def _place(items:Tensor, cells, cell:int=14) -> Tensor:
     "A `(1, 2*cell, 2*cell)` canvas with each `(1, cell, cell)` item in its cell (0-3, row-major)."
     canvas = torch.zeros(1, 2 * cell, 2 * cell, dtype=items.dtype)
     for it, c in zip(items, cells):
@@ -364,3 +365,61 @@ def placed_items(
     vocab = ['side by side', 'one above the other', 'diagonal'] if task == 'relation' else ['no footwear', 'one footwear', 'two footwear']
     return TensorData(*make(data.x_train, data.y_train, n_train), *make(data.x_valid, data.y_valid, n_valid),
                       vocab, f'placed_{task}')
+
+# %% ../nbs/20_experiments.ipynb #6c96bddf
+class MaskedPatchPrediction(nn.Module):
+    "§4.6's self-supervised objective around a ViT: corrupt a share of the patch embeddings, predict each corrupted patch's mean colour."
+    def __init__(self,
+        vit:nn.Module, # a `ViT` or `HybridViT`
+        bins:int=8, # levels per channel of the mean colour (8: the paper's 3 bits)
+        mean=(0.5,), std=(0.5,), # the normalisation of the inputs (`dls.stats`), undone to compute the targets
+        corrupt:float=0.5, # share of the patches corrupted
+        p_mask:float=0.8, p_random:float=0.1, # of those: replaced by the [mask] embedding, by another patch's; the rest kept
+    ):
+        super().__init__()
+        C, D = vit.cfg.in_chans, vit.cfg.dim
+        if not 0 < corrupt <= 1 or p_mask < 0 or p_random < 0 or p_mask + p_random > 1:
+            raise ValueError(f"need 0 < corrupt <= 1 and p_mask + p_random <= 1, got corrupt={corrupt}, p_mask={p_mask}, p_random={p_random}")
+        self.vit, self.bins, self.corrupt, self.p_mask, self.p_random = vit, bins, corrupt, p_mask, p_random
+        self.mask_token = nn.Parameter(torch.randn(1, 1, D) * 0.02)
+        self.head = nn.Linear(D, bins ** C)
+        stat = lambda s: torch.tensor(s, dtype=torch.float32).expand(C).reshape(1, C, 1, 1).clone()
+        self.register_buffer('mean', stat(mean)); self.register_buffer('std', stat(std))
+        self.last = None                                          # what the last forward did: `sel`, `kind` (0 mask, 1 random, 2 kept)
+        self._hook = vit.patch_embed.register_forward_hook(lambda m, i, out: self._corrupt(out))
+
+    def patch_targets(self, x:Tensor, grid:tuple) -> Tensor: # `(B, N)` class indices
+        "Each patch's mean colour, quantised to `bins` levels per channel and numbered `sum_c level_c * bins**c`."
+        m = F.adaptive_avg_pool2d((x * self.std + self.mean).clamp(0, 1), grid)     # B,C,gh,gw: patch means
+        q = (m * self.bins).floor().clamp(max=self.bins - 1).long()
+        return sum(q[:, c] * self.bins ** c for c in range(q.shape[1])).flatten(1)
+
+    def _corrupt(self, e:Tensor) -> Tensor: # patch embeddings `(B, N, D)`
+        B, N, D = e.shape
+        sel = torch.zeros(B, N, dtype=torch.bool, device=e.device)
+        sel.scatter_(1, torch.rand(B, N, device=e.device).argsort(1)[:, :max(1, round(self.corrupt * N))], True)
+        u = torch.rand(B, N, device=e.device)
+        kind = torch.where(u < self.p_mask, 0, torch.where(u < self.p_mask + self.p_random, 1, 2))
+        other = (torch.arange(N, device=e.device) + torch.randint(1, max(N, 2), (B, N), device=e.device)) % N   # another patch of the image
+        shuffled = torch.gather(e, 1, other[..., None].expand(B, N, D))
+        out = torch.where((sel & (kind == 0))[..., None], self.mask_token.to(e.dtype).expand(B, N, D), e)
+        out = torch.where((sel & (kind == 1))[..., None], shuffled, out)
+        self.last = dict(sel=sel, kind=kind, other=other)
+        return out
+
+    def forward(self, x:Tensor) -> tuple: # `(logits (n, bins**C), targets (n,))` of the `n` corrupted patches
+        x = x.as_subclass(Tensor)                                                   # plain tensors (fastai's batches are typed)
+        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix:]                # B,N,D: the patch tokens
+        N, (H, W) = tokens.shape[1], x.shape[-2:]
+        s = round(math.sqrt(H * W / N)); grid = (H // s, W // s)
+        if grid[0] * grid[1] != N: raise ValueError(f"cannot tell the patch grid of {N} tokens for {H}x{W} images")
+        sel = self.last['sel']
+        return self.head(tokens)[sel], self.patch_targets(x, grid)[sel]
+
+    def release(self) -> nn.Module:
+        "Remove the corruption hook and return the ViT (for fine-tuning)."
+        self._hook.remove(); return self.vit
+
+def mpp_loss(out:tuple, *_) -> Tensor:
+    "Cross-entropy of the corrupted patches' predicted colours (the labels of the batch are not used)."
+    return F.cross_entropy(*out)
