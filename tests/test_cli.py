@@ -67,7 +67,7 @@ def test_train_outputs(trained):
     m = json.loads((run_dir/'metrics.json').read_text())
     assert len(m['epochs']) == 3 and m['n_test'] == 359 and m['n_train'] == 640 and 0 <= m['test_accuracy'] <= 1
     assert (run_dir/'training_curve.png').read_bytes()[:4] == b'\x89PNG'
-    assert json.loads((run_dir/'config.json').read_text())['args']['aug'] is True
+    assert json.loads((run_dir/'config.json').read_text())['args']['aug'] == 'recipe'
     # a second run never reuses a folder
     r2 = run('train', *TINY, '--epochs', '1', '--out', run_dir.parent, '--name', 'run')
     assert r2.returncode == 2 and 'exists already' in r2.stderr

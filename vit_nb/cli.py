@@ -12,6 +12,7 @@ __all__ = ['UsageError', 'new_run_dir', 'confusion_matrix', 'plot_training', 'pl
 import errno, json, math, os, sys, time
 from functools import partial
 from pathlib import Path
+from typing import Annotated
 from fastcore.script import call_parse
 
 # %% ../nbs/13_cli.ipynb #fa1aab41
@@ -78,15 +79,17 @@ def new_run_dir(root='runs', name:str=None) -> Path:
 
 # %% ../nbs/13_cli.ipynb #9a476595
 _DATA_SETS = ('fashion_mnist', 'digits', 'cifar10', 'imagenette')     # the names --data takes; anything else is a folder
+_FOLDER_BASIC = dict(rrc=(0.75, 1.), flip=True, max_rotate=10., max_zoom=1.1)   # an image folder's basic augmentation as `batch_augs` options
 
-def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, stats=None, aug=True):
-    "`(dls, vocab, stats)` for the `--data` option."
+def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, stats=None, aug=True, add=None):
+    "`(dls, vocab, stats)` for the `--data` option; `aug`: the data set's basic augmentation (True), none, or `batch_augs` options; `add`: options on top of it."
     from vit_nb import data as vd
     if data in ('fashion_mnist', 'digits', 'cifar10'):                   # in memory: `tensor_dls`
         read = dict(fashion_mnist=lambda: vd.fashion_mnist(data_path), digits=vd.digits, cifar10=lambda: vd.cifar10(data_path))[data]
         try: td = read()
         except (FileNotFoundError, ValueError) as e: raise UsageError(f"--data {data}: {e}") from None
         if subset is not None: _check(0 < subset <= len(td.y_train), f"--subset {subset}: there are {len(td.y_train)} training images")
+        if add: aug = {**(td.aug if aug is True else aug or {}), **add}
         dls = vd.tensor_dls(td, bs=bs, size=size, channels=channels, n_train=subset, n_valid=n_valid, seed=seed,
                             stats=stats, aug=aug)
         return dls, list(dls.vocab), dls.stats
@@ -98,6 +101,7 @@ def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, s
         load = partial(vd.image_folder_dls, p, stats=stats or 'half')
         hint = ". An image folder holds one sub-folder of images per class (or train/ and valid/ folders of those)"
     _check(size is not None, f"--size is needed for an image folder (the model's resolution)")
+    if add: aug = {**(_FOLDER_BASIC if aug is True else aug or {}), **add}
     import warnings
     try:
         with warnings.catch_warnings():
@@ -163,33 +167,40 @@ def plot_confusion(cm, vocab, fname, title='confusion matrix') -> Path:
     return Path(fname)
 
 # %% ../nbs/13_cli.ipynb #6134dea0
-def evaluate_learner(learn, dl=None) -> dict:
-    "Accuracy, loss and confusion matrix of `learn`'s model on `dl` (default: the validation set), in this process only."
+def _predictions(model, dl) -> tuple:
+    "`model`'s outputs `(N, K)` (float, on the CPU) for every batch of `dl`, and the targets `(N,)`, in this process only."
     import torch
-    import torch.nn.functional as F
-    from vit_nb.factory import unwrap_model
-    m = unwrap_model(learn.model).eval()
-    logits, targs = [], []
+    outs, targs = [], []
     with torch.no_grad():                     # a plain loop: fastai's `get_preds` would gather across processes
-        for xb, yb in (dl or learn.dls.valid):
-            logits.append(m(xb).float().cpu().as_subclass(torch.Tensor)); targs.append(yb.cpu().as_subclass(torch.Tensor))
-    logits, targs = torch.cat(logits), torch.cat(targs).long()
+        for xb, yb in dl:
+            outs.append(model(xb.as_subclass(torch.Tensor)).float().cpu().as_subclass(torch.Tensor)); targs.append(yb.cpu().as_subclass(torch.Tensor))
+    return torch.cat(outs), torch.cat(targs).long()
+
+def _scores(logits, targs) -> dict:
+    "Accuracy, loss (the cross-entropy of logits; of log-probabilities, it is their NLL) and confusion matrix."
+    import torch.nn.functional as F
     pred = logits.argmax(1)
     return dict(accuracy=(pred == targs).float().mean().item(), loss=F.cross_entropy(logits, targs).item(), n=len(targs),
                 confusion=confusion_matrix(targs, pred, logits.shape[1]))
 
-def write_outputs(learn, run:Path, res:dict, vocab, stats, args:dict, seconds:float, command:str, hist:tuple) -> dict:
-    "Write the weights, config, metrics, history (`(losses, values)` from the recorder) and plots of a finished run into `run`."
+def evaluate_learner(learn, dl=None, model=None) -> dict:
+    "Accuracy, loss and confusion matrix of `learn`'s model (or `model`, e.g. `learn.ema_model`) on `dl` (default: the validation set), in this process only."
+    from vit_nb.factory import unwrap_model
+    return _scores(*_predictions(unwrap_model(learn.model if model is None else model).eval(), dl or learn.dls.valid))
+
+def write_outputs(learn, run:Path, res:dict, vocab, stats, args:dict, seconds:float, command:str, hist:tuple, extra:dict=None) -> dict:
+    "Write the weights, config, metrics (with `extra` entries), history (`(losses, values)` from the recorder) and plots of a finished run into `run`."
     from vit_nb.factory import save_model, model_config, unwrap_model, atomic_write
     m = unwrap_model(learn.model)
-    save_model(m, run/'model.safetensors', vocab=vocab, stats=stats, command=command)
+    data = args.get('data')
+    save_model(m, run/'model.safetensors', vocab=vocab, stats=stats, command=command, **({'data': data} if data in _DATA_SETS else {}))
     family, cfg = model_config(m)
     atomic_write(run/'config.json', lambda t: Path(t).write_text(
         json.dumps(dict(model=cfg, family=family, command=command, args=args), indent=1, default=str)))
     names = list(learn.recorder.metric_names[1:-1])
     times = [None] * (len(hist[1]) - len(hist[2])) + list(hist[2])    # a resumed run times only its own epochs
     epochs = [dict(epoch=i + 1, **{k: float(v) for k, v in zip(names, row)}, seconds=t) for i, (row, t) in enumerate(zip(hist[1], times))]
-    metrics = dict(test_accuracy=res['accuracy'], test_loss=res['loss'], n_test=res['n'], n_train=len(learn.dls.train_ds),
+    metrics = dict(test_accuracy=res['accuracy'], test_loss=res['loss'], **(extra or {}), n_test=res['n'], n_train=len(learn.dls.train_ds),
                    epochs=epochs, train_seconds=None if seconds is None else round(seconds, 1), params=sum(p.numel() for p in m.parameters()),
                    command=command, args=args)
     atomic_write(run/'metrics.json', lambda t: Path(t).write_text(json.dumps(metrics, indent=1, default=str)))
@@ -251,6 +262,7 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
     from vit_nb.checkpoint import Checkpointer, TrainingInterrupted, NonFiniteLossError
     from vit_nb.learner import CompileError
     from vit_nb.distributed import rank_info
+    from vit_nb.averaging import EMA, AverageLastEpochs, save_averaged
     learn, vocab, stats = built
     rank, world = rank_info()
     meta = dict(command=command, args=args, run=str(run))
@@ -259,6 +271,12 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
     if rank == 0:
         print(f"vit-nb-{command}: {sum(p.numel() for p in m.parameters()):,} parameters, {m.cfg.img_size} images, "
               f"{len(learn.dls.train_ds):,} training / {len(learn.dls.valid_ds):,} test images; output in {run}", flush=True)
+    ema, avg = (next((c for c in learn.cbs if isinstance(c, t)), None) for t in (EMA, AverageLastEpochs))
+    steps = args['epochs'] * len(learn.dls.train)
+    if rank == 0 and ema is not None and 0 < ema.decay < 1 and round(1 / (1 - ema.decay)) > steps:
+        print(f"note: --ema {ema.decay:g} averages about the last {round(1 / (1 - ema.decay)):,} steps, more than the {steps:,} of this "
+              "run, so the average keeps much of the initial weights" + (f"; --ema {1 - 10 / steps:.3g} spans a tenth of the run"
+              if steps >= 20 else ''), file=sys.stderr, flush=True)
     ddp = learn.distrib_ctx(cpu=not torch.cuda.is_available()) if world > 1 else nullcontext()
     if world > 1: print(f"rank {rank} of {world}: {-(-len(learn.dls.train) // world)} batches of {args['bs']} per epoch", flush=True)
     t0, clock = time.perf_counter(), _epoch_clock()
@@ -290,10 +308,22 @@ def _fit(command, args, run, built, fit, resume_state=None) -> int:
         hist, seconds = ([float(l) for l in r['losses']], [[float(x) for x in v] for v in r['values']], []), None
     else: hist, seconds = (list(learn.recorder.losses), [list(v) for v in learn.recorder.values], clock.times), time.perf_counter() - t0
     res = evaluate_learner(learn)
-    try: write_outputs(learn, run, res, vocab, stats, args, seconds, command, hist)
+    kept = [e + 1 for e, _ in avg.snapshots] if avg is not None else []
+    extra = dict(model_weights=f"the average of the weights after epochs {', '.join(map(str, kept))} (--avg-last {avg.n})" if kept
+                 else "the weights after the last training step")
+    ema_res = evaluate_learner(learn, model=ema.ema_model) if ema is not None and ema.ema_model is not None else None
+    if ema_res: extra |= dict(ema_decay=ema.decay, ema_test_accuracy=ema_res['accuracy'], ema_test_loss=ema_res['loss'],
+                              ema_weights='model_ema.safetensors')
+    try:
+        write_outputs(learn, run, res, vocab, stats, args, seconds, command, hist, extra)
+        if ema_res: save_averaged(ema.ema_model, run/'model.safetensors', tag='ema')     # beside it, with its metadata
     except OSError as e: return _disk_full(e, command, run, 'the outputs')
     print(f"test accuracy: {res['accuracy']:.4f} ({res['n']:,} images), loss {res['loss']:.4f}, "
-          + (f"training {seconds:.0f} s" if seconds is not None else "trained before") + f"\nwrote {run}/: " + ', '.join(sorted(p.name for p in run.iterdir())), flush=True)
+          + (f"training {seconds:.0f} s" if seconds is not None else "trained before")
+          + (f"\nmodel.safetensors holds {extra['model_weights']}" if kept else '')
+          + (f"\nEMA of the weights (decay {ema.decay:g}): test accuracy {ema_res['accuracy']:.4f}, loss {ema_res['loss']:.4f} "
+             "(model_ema.safetensors)" if ema_res else '')
+          + f"\nwrote {run}/: " + ', '.join(sorted(p.name for p in run.iterdir())), flush=True)
     return 0
 
 # %% ../nbs/13_cli.ipynb #b4a58e2c
@@ -317,6 +347,76 @@ def _check_common(epochs=1, bs=1, lr=1., subset=None, threads=None, warmup=0., c
     _check(subset is None or subset >= 1, f"--subset must be positive, got {subset}")
     _check(threads is None or threads >= 1, f"--threads must be at least 1, got {threads}")
 
+# %% ../nbs/13_cli.ipynb #k13a0001
+_AUG = Annotated[str, dict(nargs='?', const='recipe')]     # `--aug` alone means `--aug recipe`
+
+def _ta_max(s) -> dict|None:
+    "TrivialAugment's largest magnitudes, `{'Rotate': 30., 'TranslateX': 4.}`, from `'Rotate=30,TranslateX=4'`; or a usage error."
+    if s is None: return None
+    from vit_nb.augment import TA_WIDE
+    signed = [o for o, (_, sg) in TA_WIDE.items() if sg]
+    out = {}
+    for part in (p for p in str(s).replace(' ', ',').split(',') if p):
+        name, eq, v = part.partition('=')
+        _check(eq == '=' and name in signed, f"--ta-max takes NAME=VALUE pairs for the signed operations {', '.join(signed)}, "
+                                             f"e.g. 'Rotate=30,TranslateX=4'; got {part!r}")
+        try: out[name] = float(v)
+        except ValueError: raise UsageError(f"--ta-max {name}={v!r}: the value must be a number") from None
+        _check(math.isfinite(out[name]) and out[name] >= 0, f"--ta-max {name}={v}: the largest magnitude must be a number >= 0")
+    _check(bool(out), f"--ta-max {s!r} names no operation: give NAME=VALUE pairs, e.g. 'Rotate=30,TranslateX=4'")
+    return out
+
+def _kit(data:str, aug:str, trivial:bool, ta_max, erase, mixup, cutmix, mix_prob, switch_prob, label_smoothing, default_ls:float) -> dict:
+    "The augmentation and mixing a run's options ask for, checked: `aug` and `add` for `_data`, `mix` (`MixUpCutMix`'s settings or None), `label_smoothing`."
+    _check(aug in ('recipe', 'basic', 'none'), f"--aug takes 'recipe' (also --aug alone), 'basic' or 'none', got {aug!r} "
+                                               "(vit-nb-finetune takes the weights before --aug)")
+    _in(mixup, 0, math.inf, '--mixup', 'an alpha >= 0 (0: off)')
+    _in(cutmix, 0, math.inf, '--cutmix', 'an alpha >= 0 (0: off)')
+    for v, n in ((mix_prob, '--mix-prob'), (switch_prob, '--switch-prob'), (erase, '--erase')):
+        _check(v is None or (math.isfinite(v) and 0 <= v <= 1), f"{n} must be a probability in [0, 1], got {v}")
+    from vit_nb.augment import AUG_RECIPES
+    name = data if data in AUG_RECIPES else 'folder'
+    rec, recipe = AUG_RECIPES[name], aug == 'recipe'
+    batch, add, ta = (dict(rec['batch']) if recipe else aug == 'basic'), {}, _ta_max(ta_max)
+    if trivial or ta is not None:
+        _check(trivial or (recipe and rec['batch'].get('trivial')), "--ta-max sets TrivialAugment's largest magnitudes: add --trivial (or --aug)")
+        add |= dict(trivial=True, ta_max=ta if ta is not None else rec['batch'].get('ta_max'))   # the recipe's magnitudes for this data set
+    if erase is not None: add['erase'] = erase
+    if isinstance(batch, dict): batch, add = {**batch, **add}, {}
+    mix = {k: v for k, v in rec['mix'].items() if k in ('mixup_alpha', 'cutmix_alpha', 'prob', 'switch_prob')} if recipe else {}
+    for k, v in (('mixup_alpha', mixup), ('cutmix_alpha', cutmix), ('prob', mix_prob), ('switch_prob', switch_prob)):
+        if v is not None: mix[k] = v
+    mu, cm = mix.get('mixup_alpha', 0.), mix.get('cutmix_alpha', 0.)
+    _check(mu or cm or (mix_prob is None and switch_prob is None),
+           "--mix-prob and --switch-prob set how MixUp and CutMix mix batches: add --mixup or --cutmix (or --aug)")
+    _check(switch_prob is None or (mu and cm), f"--switch-prob chooses CutMix or MixUp for each mixed batch: it needs both --mixup "
+                                               f"and --cutmix (here {mu:g} and {cm:g})")
+    ls = label_smoothing if label_smoothing is not None else rec['mix'].get('label_smoothing', 0.) if recipe else default_ls
+    _in(ls, 0, 1, '--label-smoothing', 'in [0, 1)')
+    return dict(recipe=name if recipe else None, aug=batch, add=add, mix=mix if (mu or cm) else None, label_smoothing=ls)
+
+def _run_kit(a:dict, command:str) -> dict:
+    "`_kit`'s settings of the run with arguments `a`; a run saved before them had the basic --aug and fastai's MixUp or CutMix (taken as `MixUpCutMix`)."
+    if 'kit' in a: return a['kit']
+    mu, cm = a.get('mixup') or 0., a.get('cutmix') or 0.
+    return dict(recipe=None, aug=bool(a.get('aug', True)) if command == 'train' else True, add={},
+                mix=dict(mixup_alpha=mu, cutmix_alpha=cm) if mu or cm else None,
+                label_smoothing=a.get('label_smoothing', 0.) if command == 'train' else 0.)
+
+def _learner_kit(kit:dict, a:dict) -> dict:
+    "`vit_learner`'s arguments for the run's mixing, label smoothing and weight averages."
+    mix = kit['mix'] or {}
+    return dict(label_smoothing=kit['label_smoothing'], mixup=mix.get('mixup_alpha', 0.), cutmix=mix.get('cutmix_alpha', 0.),
+                mix_prob=mix.get('prob', 1.), switch_prob=mix.get('switch_prob', 0.5),
+                ema=a.get('ema'), avg_last=a.get('avg_last') or 0)
+
+def _check_averages(ema, avg_last, epochs):
+    _check(ema is None or (math.isfinite(ema) and 0 <= ema < 1), f"--ema must be a decay in [0, 1), e.g. 0.999 (about the last "
+                                                                 f"1,000 steps), got {ema}")
+    _check(avg_last >= 0, f"--avg-last must be a number of epochs >= 0 (0: off), got {avg_last}")
+    _check(avg_last <= epochs, f"--avg-last {avg_last} averages the last {avg_last} epochs, but the run trains {epochs}: "
+                               f"give at most --avg-last {epochs}")
+
 # %% ../nbs/13_cli.ipynb #908cc187
 @call_parse
 def train(
@@ -330,11 +430,18 @@ def train(
     warmup:float=0.1, # warm-up: fraction of training (or steps if >= 1)
     decay:str='cos', # learning-rate decay after the warm-up: 'cos', 'linear' or 'none' (constant)
     clip:float=1., # gradient clipping at this global norm (0: off)
-    label_smoothing:float=0.1, # label smoothing (0: off)
-    mixup:float=0., # MixUp alpha (0: off)
-    cutmix:float=0., # CutMix alpha (0: off)
+    label_smoothing:float=0.1, # label smoothing (0: off); with mixing, folded into the mixed targets
+    mixup:float=None, # MixUp alpha (default: off, or the recipe's with --aug; 0: off)
+    cutmix:float=None, # CutMix alpha (default: off, or the recipe's with --aug); with --mixup too, each mixed batch is one or the other
+    mix_prob:float=None, # the probability of mixing a training batch (default: 1, or the recipe's)
+    switch_prob:float=None, # with --mixup and --cutmix: the probability that a mixed batch is CutMix rather than MixUp (default: 0.5, or the recipe's)
+    trivial:bool=False, # TrivialAugment: one random operation per training image, with the recipe's magnitudes for the data set (see --aug) unless --ta-max sets them
+    ta_max:str=None, # TrivialAugment's largest magnitudes of signed operations, e.g. 'Rotate=30,TranslateX=4' (degrees, pixels; shears as fractions; the others up to 0.99)
+    erase:float=None, # random erasing: the probability of erasing a box of each training image (default: off, or the recipe's)
+    ema:float=None, # keep an exponential moving average of the weights with this decay (e.g. 0.999: about the last 1,000 steps), validated each epoch, saved as model_ema.safetensors and evaluated on the test images
+    avg_last:int=0, # at the end, load the average of the weights after each of the last N epochs into the model, which model.safetensors then holds (0: off)
     drop_path:float=0., # stochastic depth rate
-    aug:bool=False, # augment training batches with the data set's default (crop, flip, small affine): for long runs
+    aug:_AUG=None, # the data set's recommended recipe (--aug alone, or 'recipe'): batch augmentation and MixUp/CutMix from vit_nb.augment.AUG_RECIPES, label smoothing folded into the mixed targets; the options above override its parts. 'basic': the data set's basic augmentation, listed under --data. 'none'. The recipes (imagenette and image folders: folder): fashion_mnist: batch_augs(pad=2, flip=True, trivial=True, ta_max={Rotate: 30, TranslateX: 4, TranslateY: 4, ShearX: 0.3, ShearY: 0.3}, erase=0.25); MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, prob=0.5, label_smoothing=0.1) | digits: batch_augs(pad=1, trivial=True, ta_max={Rotate: 15, TranslateX: 1, TranslateY: 1, ShearX: 0.2, ShearY: 0.2}); MixUpCutMix(mixup_alpha=0.2, label_smoothing=0.1) | cifar10: batch_augs(pad=4, flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1) | folder: batch_augs(rrc=(0.08, 1.0), flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1). Default: none (in short runs augmentation slows learning)
     patch_size:int=None, # override the preset's patch size `P`
     dim:int=None, # override the preset's width `D`
     depth:int=None, # override the preset's number of blocks `L`
@@ -362,10 +469,9 @@ def train(
     else:
         _check_common(epochs, bs, lr, subset, threads, warmup, clip, every, n_valid)
         _in(wd, 0, math.inf, '--wd', 'a weight decay >= 0')
-        _in(label_smoothing, 0, 1, '--label-smoothing', 'in [0, 1)')
         _in(drop_path, 0, 1, '--drop-path', 'a probability in [0, 1)')
-        _in(mixup, 0, math.inf, '--mixup', 'an alpha >= 0 (0: off)')
-        _in(cutmix, 0, math.inf, '--cutmix', 'an alpha >= 0 (0: off)')
+        args['kit'] = _kit(data, aug or 'none', trivial, ta_max, erase, mixup, cutmix, mix_prob, switch_prob, label_smoothing, 0.1)
+        _check_averages(ema, avg_last, epochs)
         _check(size is None or size >= 1, f"--size must be positive, got {size}")
         for k, v in dict(patch_size=patch_size, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim).items():
             _check(v is None or v >= 1, f"--{k.replace('_', '-')} must be positive, got {v}")
@@ -376,7 +482,6 @@ def train(
         except ValueError as e: raise UsageError(f"--arch {arch!r} is not a preset: {e}") from None
         _check(decay in ('cos', 'linear', 'none'), f"--decay must be 'cos', 'linear' or 'none', got {decay!r}")
         _check(precision in ('auto', 'fp32', 'bf16', 'fp16'), f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-        _check(not (mixup and cutmix), "use --mixup or --cutmix, not both")
         if data_path: _check(Path(data_path).expanduser().is_dir(), f"--data-path {data_path!r} is not a folder")
         st, run = None, None
     _setup(args['threads'])
@@ -384,12 +489,13 @@ def train(
     from vit_nb.learner import vit_learner
 
     def make(a):
+        kit = _run_kit(a, 'train')                               # runs saved before --aug existed were augmented (its basic one)
         dls, vocab, stats = _data(a['data'], a['data_path'], a['size'] or _preset_size(a['arch']), a['bs'], a['subset'],
-                                  a['n_valid'], a['seed'], aug=a.get('aug', True))    # runs saved before --aug existed were augmented
+                                  a['n_valid'], a['seed'], aug=kit['aug'], add=kit['add'])
         over = {k: a.get(k) for k in ('patch_size', 'dim', 'depth', 'heads', 'mlp_dim') if a.get(k)}
         if a['drop_path']: over['drop_path_rate'] = a['drop_path']
-        try: learn = vit_learner(dls, a['arch'], label_smoothing=a['label_smoothing'], mixup=a['mixup'], cutmix=a['cutmix'],
-                                 config=over, precision=a['precision'], compile=a.get('compile', False))
+        try: learn = vit_learner(dls, a['arch'], **_learner_kit(kit, a), config=over, precision=a['precision'],
+                                 compile=a.get('compile', False))
         except ValueError as e: raise UsageError(f"bad model options: {e}") from None
         return learn, vocab, stats
     def fit(learn, cbs):
@@ -421,7 +527,7 @@ def _weights_file(weights) -> Path:
 @call_parse(pos=['weights'])
 def finetune(
     weights:str=None, # a run folder or a weights file (.safetensors, or timm/torchvision/JAX weights; see vit_nb.factory.load_model)
-    data:str='fashion_mnist', # 'fashion_mnist', 'digits', 'cifar10', 'imagenette' (each with its augmentation, always on here; see vit-nb-train --help), or a folder of images in class sub-folders; normalised as the weights were trained
+    data:str='fashion_mnist', # 'fashion_mnist', 'digits', 'cifar10', 'imagenette' (each with its basic augmentation, see vit-nb-train --help, or its recipe with --aug), or a folder of images in class sub-folders; normalised as the weights were trained
     data_path:str=None, # a folder holding the --data set (Fashion-MNIST's IDX files, or CIFAR-10's or Imagenette's folder; see vit-nb-train --help)
     size:int=56, # fine-tuning resolution (the paper fine-tunes at a higher resolution than it pre-trains)
     epochs:int=2, # epochs
@@ -431,6 +537,17 @@ def finetune(
     clip:float=1., # gradient clipping at this global norm (0: off)
     layer_decay:float=None, # layer-wise learning-rate decay (e.g. 0.75; default: none)
     keep_head:bool=False, # keep the trained classifier instead of a new zero-initialised one
+    label_smoothing:float=None, # label smoothing (default: the recipe's with --aug, else 0); with mixing, folded into the mixed targets
+    mixup:float=None, # MixUp alpha (default: off, or the recipe's with --aug; 0: off)
+    cutmix:float=None, # CutMix alpha (default: off, or the recipe's with --aug); with --mixup too, each mixed batch is one or the other
+    mix_prob:float=None, # the probability of mixing a training batch (default: 1, or the recipe's)
+    switch_prob:float=None, # with --mixup and --cutmix: the probability that a mixed batch is CutMix rather than MixUp (default: 0.5, or the recipe's)
+    trivial:bool=False, # TrivialAugment: one random operation per training image, with the recipe's magnitudes for the data set (see --aug) unless --ta-max sets them
+    ta_max:str=None, # TrivialAugment's largest magnitudes of signed operations, e.g. 'Rotate=30,TranslateX=4' (degrees, pixels; shears as fractions; the others up to 0.99)
+    erase:float=None, # random erasing: the probability of erasing a box of each training image (default: off, or the recipe's)
+    ema:float=None, # keep an exponential moving average of the weights with this decay (e.g. 0.999: about the last 1,000 steps), validated each epoch, saved as model_ema.safetensors and evaluated on the test images
+    avg_last:int=0, # at the end, load the average of the weights after each of the last N epochs into the model, which model.safetensors then holds (0: off)
+    aug:_AUG='basic', # the data set's recommended recipe (--aug alone, or 'recipe'): batch augmentation and MixUp/CutMix from vit_nb.augment.AUG_RECIPES, label smoothing folded into the mixed targets; the options above and --label-smoothing override its parts. 'basic': the data set's basic augmentation, listed under --data. 'none'. The recipes (imagenette and image folders: folder): fashion_mnist: batch_augs(pad=2, flip=True, trivial=True, ta_max={Rotate: 30, TranslateX: 4, TranslateY: 4, ShearX: 0.3, ShearY: 0.3}, erase=0.25); MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, prob=0.5, label_smoothing=0.1) | digits: batch_augs(pad=1, trivial=True, ta_max={Rotate: 15, TranslateX: 1, TranslateY: 1, ShearX: 0.2, ShearY: 0.2}); MixUpCutMix(mixup_alpha=0.2, label_smoothing=0.1) | cifar10: batch_augs(pad=4, flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1) | folder: batch_augs(rrc=(0.08, 1.0), flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1). Default: basic
     subset:int=None, # fine-tune on a class-balanced subset of this many images
     n_valid:int=None, # evaluate on a class-balanced subset of this many test images
     out:str='runs', # parent folder of the run folders
@@ -454,6 +571,8 @@ def finetune(
         _check_common(epochs, bs, lr, subset, threads, warmup, clip, every, n_valid)
         _check(size >= 1, f"--size must be positive, got {size}")
         _check(layer_decay is None or 0 < layer_decay <= 1, f"--layer-decay must be in (0, 1], got {layer_decay}")
+        args['kit'] = _kit(data, aug or 'none', trivial, ta_max, erase, mixup, cutmix, mix_prob, switch_prob, label_smoothing, 0.)
+        _check_averages(ema, avg_last, epochs)
         args['weights'] = str(_weights_file(weights).absolute())
         _absolute_data(args)
         st, run = None, None
@@ -472,9 +591,11 @@ def finetune(
             a['model_config'], a['model_info'] = model_config(model), {k: info[k] for k in ('mean', 'std', 'vocab')}
         _check(a['size'] % model.cfg.patch_size == 0, f"--size {a['size']} is not a multiple of the patch size {model.cfg.patch_size}")
         stats = (info['mean'], info['std'])                    # the normalisation it was trained with
+        kit = _run_kit(a, 'finetune')
         dls, vocab, stats = _data(a['data'], a['data_path'], a['size'], a['bs'], a['subset'], a['n_valid'], a['seed'],
-                                  channels=model.cfg.in_chans, stats=stats)
-        learn = vit_learner(dls, model, new_head=not a['keep_head'], precision=a['precision'], compile=a.get('compile', False))
+                                  channels=model.cfg.in_chans, stats=stats, aug=kit['aug'], add=kit['add'])
+        learn = vit_learner(dls, model, new_head=not a['keep_head'], **_learner_kit(kit, a), precision=a['precision'],
+                            compile=a.get('compile', False))
         return learn, vocab, stats
     def fit(learn, cbs):
         learn.fit_finetune(args['epochs'], lr=args['lr'], warmup=args['warmup'], clip=args['clip'],
@@ -484,63 +605,165 @@ def finetune(
     return _fit('finetune', args, _run_dir(run, args), built, fit, st)
 
 # %% ../nbs/13_cli.ipynb #7e48d351
+def _ensemble(weights) -> tuple:
+    "`load_ensemble` of the run folders or weights files `weights` (one or more), or a usage error that names them."
+    from vit_nb.ensemble import load_ensemble
+    srcs = [str(Path(w).expanduser()) for w in weights]
+    try: return load_ensemble(srcs)
+    except (OSError, ValueError, TypeError, RuntimeError) as e:
+        raise UsageError(f"cannot load a model from {srcs[0]}: {e}" if len(srcs) == 1 else
+                         f"cannot make an ensemble of {', '.join(srcs)}: {e}") from None
+
+def _figure_path(out, json_out, weights, tag:str) -> Path|None:
+    "Where the reliability diagram goes (checked, not created): `--out`, else beside `--json-out`, else a single run's folder; `None`: nowhere."
+    if out is not None:
+        o = Path(out).expanduser()
+        _check(not o.exists() or o.is_dir(), f"--out {out!r} exists and is not a folder: choose another --out")
+        anc = next(d for d in [o, *o.parents] if d.exists())
+        _check(anc.is_dir() and os.access(anc, os.W_OK | os.X_OK), f"--out {out!r} cannot be written: {str(anc)!r} is not a writable folder")
+        return o/f'reliability_{tag}.png'
+    if json_out is not None: return (j := Path(json_out).expanduser()).with_name(f'{j.stem}_reliability.png')
+    if len(weights) > 1: return None
+    p = Path(weights[0]).expanduser()
+    d = p if p.is_dir() else p.parent
+    return d/f'reliability_{tag}.png' if os.access(d, os.W_OK | os.X_OK) else None
+
+def _reliability_png(cals, path) -> Path:
+    "Reliability diagrams side by side, one per `(Calibration, title)` pair, in one PNG written atomically."
+    from vit_nb.ensemble import reliability_diagram
+    from vit_nb.factory import atomic_write
+    plt = _plt()
+    fig, axs = plt.subplots(1, len(cals), figsize=(4 * len(cals), 4), dpi=80, squeeze=False)
+    for (c, t), ax in zip(cals, axs[0]): reliability_diagram(c, ax=ax, title=t)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try: atomic_write(path, lambda t: fig.savefig(t, format='png'))
+    finally: plt.close(fig)
+    return Path(path)
+
+def _temperature(lp, y, bins:int) -> tuple:
+    "Temperature scaling fitted on a class-balanced half of the test images and judged on the other half: its figures, and the calibrations before and after."
+    import torch.nn.functional as F
+    from vit_nb.data import stratified_order
+    from vit_nb.ensemble import fit_temperature, calibration_error
+    _check(len(y) >= 4, f"--temperature needs at least 4 test images (half to fit T on, half to judge it on), got {len(y)}")
+    o = stratified_order(y, seed=0)
+    fit, held = o[:len(o) // 2], o[len(o) // 2:]
+    try: T = fit_temperature(lp[fit], y[fit])
+    except ValueError as e: raise UsageError(f"--temperature: {e}") from None
+    before, after = (calibration_error(z.softmax(-1), y[held], n_bins=bins) for z in (lp[held], lp[held] / T))
+    return dict(temperature=T, n_fit=len(fit), n_held_out=len(held), nll_before=F.cross_entropy(lp[held], y[held]).item(),
+                nll_after=F.cross_entropy(lp[held] / T, y[held]).item(), ece_before=before.ece, ece_after=after.ece), before, after
+
 @call_parse(pos=['weights'])
 def evaluate(
-    weights:str=None, # a run folder or a weights file (.safetensors)
-    data:str='fashion_mnist', # 'fashion_mnist', 'digits', 'cifar10', 'imagenette' (their test or validation images), or a folder of images in class sub-folders; normalised as the weights were trained
+    *weights:str, # run folders or weights files (.safetensors); several are an ensemble that averages their probabilities (their classes must agree; architectures, sizes and normalisations may differ)
+    data:str='fashion_mnist', # 'fashion_mnist', 'digits', 'cifar10', 'imagenette' (their test or validation images), or a folder of images in class sub-folders; each model gets them as it was trained
     data_path:str=None, # a folder holding the --data set (Fashion-MNIST's IDX files, or CIFAR-10's or Imagenette's folder; see vit-nb-train --help)
     bs:int=256, # batch size
     n_valid:int=None, # evaluate on a class-balanced subset of this many test images
-    json_out:str=None, # also write the results to this JSON file
+    tta:bool=False, # average over test-time augmentations, the data set's in vit_nb.ensemble.TTA_DEFAULTS: fashion_mnist: identity, flip, shifts by 1 pixel; digits: identity, shifts by 1 pixel; cifar10: identity, flip, shifts by 2 pixels; other data: identity, shifts by 1 pixel (no flip)
+    temperature:bool=False, # fit temperature scaling (one T dividing the logits) on a class-balanced half of the test images and report NLL and ECE before and after on the other half: judged on the images it was fitted on, T would look better than it is
+    bins:int=15, # equal-width confidence bins of the expected calibration error (ECE) and the reliability diagram
+    out:str=None, # a folder for the reliability diagram, reliability_<data>.png (created); default: beside --json-out, else a single run's folder
+    json_out:str=None, # also write the results to this JSON file (and the reliability diagram beside it)
     threads:int=None, # CPU threads for PyTorch
 ):
-    "Evaluate trained weights on a data set's test (validation) images: accuracy and loss."
-    _check(weights is not None, "the weights to evaluate are required (a run folder or a .safetensors file)")
+    "Evaluate trained weights, or an ensemble of several, on a data set's test (validation) images: accuracy, loss and calibration."
+    _check(len(weights) > 0, "the weights to evaluate are required (a run folder or a .safetensors file; several for an ensemble)")
     _check_common(bs=bs, threads=threads, n_valid=n_valid)
+    _check(bins >= 1, f"--bins must be at least 1, got {bins}")
     if json_out is not None:
         jo = Path(json_out).expanduser()
         _check(not jo.is_dir(), f"--json-out {json_out!r} is a folder: name a file to write, e.g. {str(jo/'results.json')!r}")
         _check(jo.parent.is_dir(), f"--json-out {json_out!r}: the folder {str(jo.parent)!r} does not exist")
-    p = _weights_file(weights)
+    ps = [_weights_file(w) for w in weights]
+    fig = _figure_path(out, json_out, weights, (data if data in _DATA_SETS else Path(data).name or 'data') + ('_tta' if tta else ''))
     _setup(threads)
-    from vit_nb.learner import vit_learner
-    model, info = _load(p)
-    size = model.cfg.img_size if isinstance(model.cfg.img_size, int) else tuple(model.cfg.img_size)
-    dls, vocab, _ = _data(data, data_path, size, bs, None, n_valid, 0, channels=model.cfg.in_chans,
-                          stats=(info['mean'], info['std']), aug=False)
-    if info['vocab'] is not None and info['vocab'] != vocab:
-        raise UsageError(f"the model was trained on classes {info['vocab']}, the data has {vocab}: evaluate it on its own data")
-    if model.cfg.num_classes != len(vocab):
-        raise UsageError(f"the model has {model.cfg.num_classes} classes, the data {len(vocab)} ({vocab}): a new head would "
-                         "be untrained; fine-tune the model on this data first (vit-nb-finetune)")
-    learn = vit_learner(dls, model)
-    res = evaluate_learner(learn)
-    print(f"accuracy {res['accuracy']:.4f}, loss {res['loss']:.4f} ({res['n']:,} images)")
-    if json_out:
-        from vit_nb.factory import atomic_write
-        atomic_write(Path(json_out).expanduser(), lambda t: Path(t).write_text(json.dumps({k: v for k, v in res.items() if k != 'confusion'} | dict(weights=str(p), data=data), indent=1)))
+    ens, infos = _ensemble(weights)
+    several = len(ps) > 1
+    size = None if data in ('fashion_mnist', 'digits', 'cifar10') else ens.img_size   # in memory: each member resizes from the originals
+    dls, vocab, _ = _data(data, data_path, size, bs, None, n_valid, 0, channels=ens.in_chans, stats=([0.], [1.]), aug=False)
+    if ens.vocab is not None and ens.vocab != vocab:
+        raise UsageError(f"the model{'s were' if several else ' was'} trained on classes {ens.vocab}, the data has {vocab}: evaluate "
+                         f"{'them on their' if several else 'it on its'} own data")
+    if infos[0]['num_classes'] != len(vocab):
+        raise UsageError(f"the model{'s have' if several else ' has'} {infos[0]['num_classes']} classes, the data {len(vocab)} ({vocab}): a new "
+                         "head would be untrained; fine-tune the model on this data first (vit-nb-finetune)")
+    from vit_nb.ensemble import TTA, tta_augs, TTA_DEFAULTS, calibration_error
+    augs = tta_augs(data if data in TTA_DEFAULTS else None) if tta else None
+    lp, y = _predictions((TTA(ens, augs) if tta else ens).eval(), dls.valid)     # log-probabilities: the members' mean probability
+    res = _scores(lp, y)
+    cal = calibration_error(lp.softmax(-1), y, n_bins=bins)
+    print(f"accuracy {res['accuracy']:.4f}, loss {res['loss']:.4f}, ECE {cal.ece:.4f} ({res['n']:,} images"
+          + (f"; an ensemble of {len(ps)}" if several else '') + (f"; TTA over {len(augs)} views: {', '.join(augs)}" if tta else '') + ')')
+    results = {k: v for k, v in res.items() if k != 'confusion'} | dict(ece=cal.ece, bins=bins, weights=[str(p) for p in ps], data=data,
+                                                                        tta=list(augs) if tta else None)
+    cals = [(cal, f"{res['n']} test images")]
+    if temperature:
+        t, before, after = _temperature(lp, y, bins)
+        print(f"temperature {t['temperature']:.4f}, fitted on {t['n_fit']} of the test images (a class-balanced half); on the other "
+              f"{t['n_held_out']}: NLL {t['nll_before']:.4f} -> {t['nll_after']:.4f}, ECE {t['ece_before']:.4f} -> {t['ece_after']:.4f}")
+        results['temperature'] = t
+        cals += [(before, f"{t['n_held_out']} held out"), (after, f"held out, T = {t['temperature']:.2f}")]
+    from vit_nb.factory import atomic_write
+    try:
+        if fig is not None: results['reliability'] = str(_reliability_png(cals, fig))
+        if json_out: atomic_write(Path(json_out).expanduser(), lambda f: Path(f).write_text(json.dumps(results, indent=1)))
+    except OSError as e:
+        print(f"vit-nb-evaluate: cannot write the results: {e.strerror or e} ({e.filename or fig})", file=sys.stderr); return 1
+    print(f"wrote {fig}" if fig is not None else "no reliability diagram written: name a folder for it with --out (or use --json-out)")
     return 0
 
 # %% ../nbs/13_cli.ipynb #dba898af
+_WEIGHT_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin', '.ckpt', '.npz')
+_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.jfif')
+
+def _is_weights(s) -> bool:
+    "Whether a command-line argument names weights (a folder, or a file with a weights suffix) rather than an image."
+    p = Path(s).expanduser()
+    return p.suffix.lower() in _WEIGHT_SUFFIXES or (p.is_dir() and p.suffix.lower() not in _IMAGE_SUFFIXES)
+
+def _trained_on(weights) -> str|None:
+    "The named data set (`--data`) a run was trained on, from its weights' metadata or its config.json; `None` if unknown."
+    from vit_nb.factory import find_weights, read_metadata
+    try:
+        f = find_weights(weights)
+        d = read_metadata(f).get('data')
+        if d is None and (f.parent/'config.json').is_file(): d = json.loads((f.parent/'config.json').read_text()).get('args', {}).get('data')
+    except (OSError, ValueError, AttributeError): return None
+    return d if d in _DATA_SETS else None
+
 @call_parse(pos=['weights', 'images'])
 def predict(
-    weights:str=None, # a run folder or a weights file (.safetensors)
+    weights:str=None, # a run folder or a weights file (.safetensors); more of them may follow, before the images: an ensemble that averages their probabilities
     *images:str, # image files to classify
     topk:int=3, # show this many classes per image
+    tta:bool=False, # average over test-time augmentations: those of the data set the (first) run was trained on, as vit-nb-evaluate --tta (see its --help); identity and 1-pixel shifts when that is not known
     threads:int=None, # CPU threads for PyTorch
 ):
-    "Classify image files with trained weights: the top classes and their probabilities."
+    "Classify image files with trained weights, or an ensemble of several: the top classes and their probabilities."
     _check(weights is not None, "the weights are required (a run folder or a .safetensors file)")
-    _check(len(images) > 0, "give at least one image file")
-    fns = [_readable_file(f, 'image') for f in images]
+    members, rest = [weights], list(images)
+    while rest and _is_weights(rest[0]): members.append(rest.pop(0))
+    _check(len(rest) > 0, "give at least one image file" + (" after the runs" if len(members) > 1 else ''))
+    fns = [_readable_file(f, 'image') for f in rest]
     _check(topk >= 1, f"--topk must be at least 1, got {topk}")
+    for w in members: _weights_file(w)
     _setup(threads)
-    model, info = _load(weights)
-    vocab = info['vocab'] or [str(i) for i in range(model.cfg.num_classes)]
+    ens, infos = _ensemble(members)
+    vocab = ens.vocab or [str(i) for i in range(infos[0]['num_classes'])]
     from vit_nb.data import image_batch
-    try: x = image_batch(fns, model.cfg.img_size, model.cfg.in_chans, (info['mean'], info['std']))   # as validation prepares them
+    try: x = image_batch(fns, ens.img_size, ens.in_chans)    # in [0, 1]: each member resizes and normalises them as its validation images
     except (OSError, ValueError) as e: raise UsageError(f"cannot read the images: {e}") from None
     import torch
+    model = ens
+    if tta:
+        from vit_nb.ensemble import TTA, tta_augs, TTA_DEFAULTS
+        d = _trained_on(members[0])
+        augs = tta_augs(d if d in TTA_DEFAULTS else None)
+        model = TTA(ens, augs)
+        print(f"test-time augmentation ({d or 'data set not known'}): {', '.join(augs)}")
     with torch.no_grad(): probs = model.eval()(x).softmax(-1)
     k = min(topk, probs.shape[1])
     for fn, pr in zip(fns, probs):
