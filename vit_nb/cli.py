@@ -489,7 +489,7 @@ def train(
     from vit_nb.learner import vit_learner
 
     def make(a):
-        kit = _run_kit(a, 'train')                               # runs saved before --aug existed were augmented (its basic one)
+        kit = _run_kit(a, 'train')                               # a run saved before the kit resumes as it was trained
         dls, vocab, stats = _data(a['data'], a['data_path'], a['size'] or _preset_size(a['arch']), a['bs'], a['subset'],
                                   a['n_valid'], a['seed'], aug=kit['aug'], add=kit['add'])
         over = {k: a.get(k) for k in ('patch_size', 'dim', 'depth', 'heads', 'mlp_dim') if a.get(k)}
