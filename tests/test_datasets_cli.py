@@ -178,7 +178,7 @@ def test_help_states_the_defaults(cifar):
 
 
 LABML = ['--data', 'cifar10', '--arch', 'vit_labml_patch4_32', '--epochs', '32', '--bs', '64', '--lr', '2.5e-4',
-         '--wd', '0', '--warmup', '0', '--decay', 'none', '--clip', '0', '--label-smoothing', '0', '--aug']   # 13_cli's command
+         '--wd', '0', '--warmup', '0', '--decay', 'none', '--clip', '0', '--label-smoothing', '0', '--aug', 'basic']   # 13_cli's command
 
 
 def test_labml_command(cifar, home, tmp_path):
