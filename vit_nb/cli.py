@@ -715,6 +715,24 @@ def evaluate(
     print(f"wrote {fig}" if fig is not None else "no reliability diagram written: name a folder for it with --out (or use --json-out)")
     return 0
 
+# %% ../nbs/13_cli.ipynb #d3a5e7c1
+def _predict_dense(members, fns, task, tta, out):
+    "vit-nb-predict for a segmentation or detection run: one PNG per image, and what it found."
+    from vit_nb.dense import predict_dense
+    from pathlib import Path
+    _check(len(members) == 1, f"a {task} run predicts alone: ensembles are for classifiers (got {len(members)} runs)")
+    _check(not tta, f"--tta is for classifiers, not for a {task} run")
+    d = Path(out).expanduser()
+    _check(d.is_dir(), f"--out {out!r} is not a folder: create it first")
+    for fn in fns:
+        png = d/f"{Path(fn).stem}_{task}.png"
+        try: r = predict_dense(members[0], fn, png)
+        except ValueError as e: raise UsageError(str(e)) from None
+        found = (', '.join(f"{k} {v:.1%}" for k, v in r['classes'].items()) if task == 'segment' else
+                 ', '.join(f"{d_[0]} {d_[1]:.2f}" for d_ in r['detections']) or 'nothing above the threshold')
+        print(f"{fn}: {found}; drawn in {png}")
+    return 0
+
 # %% ../nbs/13_cli.ipynb #dba898af
 _WEIGHT_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin', '.ckpt', '.npz')
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.jfif')
@@ -741,8 +759,9 @@ def predict(
     topk:int=3, # show this many classes per image
     tta:bool=False, # average over test-time augmentations: those of the data set the (first) run was trained on, as vit-nb-evaluate --tta (see its --help); identity and 1-pixel shifts when that is not known
     threads:int=None, # CPU threads for PyTorch
+    out:str='.', # for a run of vit-nb-segment or vit-nb-detect: the folder to draw each image's mask or boxes in (`<image>_<task>.png`)
 ):
-    "Classify image files with trained weights, or an ensemble of several: the top classes and their probabilities."
+    "Classify image files with trained weights, or an ensemble of several: the top classes and their probabilities. A segmentation or detection run draws its masks or boxes instead."
     _check(weights is not None, "the weights are required (a run folder or a .safetensors file)")
     members, rest = [weights], list(images)
     while rest and _is_weights(rest[0]): members.append(rest.pop(0))
@@ -751,6 +770,8 @@ def predict(
     _check(topk >= 1, f"--topk must be at least 1, got {topk}")
     for w in members: _weights_file(w)
     _setup(threads)
+    from vit_nb.dense import dense_task
+    if (task := dense_task(_weights_file(weights))) is not None: return _predict_dense(members, fns, task, tta, out)
     ens, infos = _ensemble(members)
     vocab = ens.vocab or [str(i) for i in range(infos[0]['num_classes'])]
     from vit_nb.data import image_batch
