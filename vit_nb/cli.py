@@ -771,7 +771,9 @@ def predict(
     for w in members: _weights_file(w)
     _setup(threads)
     from vit_nb.dense import dense_task
-    if (task := dense_task(_weights_file(weights))) is not None: return _predict_dense(members, fns, task, tta, out)
+    try: task = dense_task(_weights_file(weights))
+    except (OSError, ValueError): task = None                  # unreadable weights: loading them below says what is wrong
+    if task is not None: return _predict_dense(members, fns, task, tta, out)
     ens, infos = _ensemble(members)
     vocab = ens.vocab or [str(i) for i in range(infos[0]['num_classes'])]
     from vit_nb.data import image_batch
