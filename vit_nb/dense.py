@@ -9,7 +9,7 @@ __all__ = ['TASKS', 'Canvases', 'paste_canvases', 'DenseData', 'dense_data', 'Ca
            'class_colours', 'show_canvas', 'tokens_to_map', 'DenseViT', 'dense_from_config', 'dense_task',
            'iou_from_confusion', 'segment_confusion', 'MeanIoU', 'fcos_targets', 'boxes_from_distances', 'FCOSLoss',
            'decode_detections', 'average_precision', 'mean_ap', 'box_targets', 'MAP50', 'dense_model', 'dense_learner',
-           'evaluate_dense', 'show_predictions', 'segment', 'detect', 'predict_dense']
+           'evaluate_dense', 'shown_detections', 'show_predictions', 'segment', 'detect', 'predict_dense']
 
 # %% ../nbs/31_dense.ipynb #e23caa2f
 import io, json, math, random, sys, time
@@ -28,7 +28,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.optimizer import Adam
 from fastai.torch_core import TensorImage, TensorImageBW, TensorMask, TensorMultiCategory
 from fastai.vision.core import TensorBBox
-from torchvision.ops import batched_nms, box_iou, sigmoid_focal_loss, generalized_box_iou_loss
+from torchvision.ops import batched_nms, nms, box_iou, sigmoid_focal_loss, generalized_box_iou_loss
 from .patches import grid_size
 from .model import ViT, vit_from_config
 from .augment import _untyped, IntToFloat, NormalizeFast
@@ -253,12 +253,13 @@ def show_canvas(
     if title: ax.set_title(title, fontsize=8)
     return ax
 
-def _class_legend(fig, classes:list):
-    "A legend of the class colours below the figure."
+def _class_legend(fig, classes:list, only=None, ncol:int=5):
+    "A legend of the class colours below the figure (of the classes `only`, numbers 1 to K, if given)."
     plt = _plt()
     col = class_colours(len(classes) - 1)
-    fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, fc=c) for c in col], labels=list(classes[1:]), loc='lower center',
-               ncol=5, fontsize=7, frameon=False)
+    ks = [k for k in range(1, len(classes)) if only is None or k in set(only)]
+    if ks: fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, fc=col[k - 1]) for k in ks], labels=[classes[k] for k in ks],
+                      loc='lower center', ncol=min(ncol, len(ks)), fontsize=7, frameon=False)
 
 # %% ../nbs/31_dense.ipynb #d54f4ab4
 @patch
@@ -620,13 +621,23 @@ def evaluate_dense(
     r = met.result
     return dict(map50=r['map'], ap={classes[k]: v for k, v in r['ap'].items()}, n=len(dl.dataset))
 
-# %% ../nbs/31_dense.ipynb #9ab63593
+# %% ../nbs/31_dense.ipynb #f19912a7
+def shown_detections(
+    d:dict, # one image's detections (`decode_detections`)
+    score_thresh:float=0.3, # keep those scoring at least this
+    iou_thresh:float=0.5, # of boxes overlapping by more than this IoU, whatever their classes, keep the best
+) -> dict:
+    "The detections worth drawing: the confident ones, and of those at one place only the best class (class-agnostic NMS)."
+    k = (d['scores'] >= score_thresh).nonzero()[:, 0]
+    k = k[nms(d['boxes'][k], d['scores'][k], iou_thresh)]
+    return {n: v[k] for n, v in d.items()}
+
 def show_predictions(
     model:DenseViT, # a segmenter or detector
     dl, # a loader of its task (the first canvases are drawn)
     n:int=6, # canvases
     score_thresh:float=0.3, # detections drawn: those scoring at least this
-    figsize=None, # default: 1.5 inches a canvas
+    figsize=None, # default: 1.3 inches a canvas
 ):
     "The first `n` canvases of `dl`: the truth above, the model's prediction below."
     plt = _plt()
@@ -637,19 +648,18 @@ def show_predictions(
     with torch.no_grad(): out = model(b[0][:n])
     model.train(was)
     x, classes = _display(b[0][:n], getattr(dl, 'stats', None)), dl.dataset.classes
-    fig, axs = plt.subplots(2, n, figsize=figsize or (1.5 * n, 3.6), dpi=80, squeeze=False)
+    fig, axs = plt.subplots(2, n, figsize=figsize or (1.3 * n, 3.2), dpi=72, squeeze=False)
     if model.task == 'segment':
         pred = out.argmax(1)
         for i in range(n):
             show_canvas(x[i], mask=b[1][i], classes=classes, ax=axs[0, i], title='truth' if i == 0 else None)
             show_canvas(x[i], mask=pred[i], classes=classes, ax=axs[1, i], title='prediction' if i == 0 else None)
     else:
-        dets = decode_detections(out, model.stride)
-        for i, d in enumerate(dets):
-            k = d['scores'] >= score_thresh
+        for i, d in enumerate(decode_detections(out, model.stride)):
+            d = shown_detections(d, score_thresh)
             show_canvas(x[i], boxes=b[1][i], labels=b[2][i], classes=classes, ax=axs[0, i], title='truth' if i == 0 else None)
-            show_canvas(x[i], boxes=d['boxes'][k], labels=d['labels'][k], scores=d['scores'][k], classes=classes, ax=axs[1, i],
-                        title=f'prediction (score >= {score_thresh:g})' if i == 0 else None)
+            show_canvas(x[i], boxes=d['boxes'], labels=d['labels'], scores=d['scores'], classes=classes, ax=axs[1, i],
+                        title=f'predicted (>= {score_thresh:g})' if i == 0 else None)
     _class_legend(fig, classes)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
@@ -801,9 +811,9 @@ def segment(
     mlp_dim:int=None, # override the preset's MLP size
     size:int=64, # canvas side in pixels (a multiple of the patch size)
     max_items:int=4, # items per canvas: 1 to this many
-    subset:int=4000, # training canvases (made from the training images)
+    subset:int=10000, # training canvases (made from the training images)
     n_valid:int=1000, # test canvases (made from the test images; always the same)
-    epochs:int=6, # epochs
+    epochs:int=8, # epochs
     bs:int=64, # batch size
     lr:float=2e-3, # peak learning rate (Adam)
     wd:float=0.05, # decoupled weight decay
@@ -832,9 +842,9 @@ def detect(
     mlp_dim:int=None, # override the preset's MLP size
     size:int=64, # canvas side in pixels (a multiple of the patch size)
     max_items:int=4, # items per canvas: 1 to this many
-    subset:int=4000, # training canvases (made from the training images)
+    subset:int=10000, # training canvases (made from the training images)
     n_valid:int=1000, # test canvases (made from the test images; always the same)
-    epochs:int=6, # epochs
+    epochs:int=8, # epochs
     bs:int=64, # batch size
     lr:float=2e-3, # peak learning rate (Adam)
     wd:float=0.05, # decoupled weight decay
@@ -876,16 +886,17 @@ def predict_dense(
     if task == 'segment':
         mask = out.argmax(1)[0]
         show_canvas(img[0], mask=mask, classes=classes, ax=ax, title=f"{name}: predicted classes")
+        drawn = mask.unique().tolist()
         frac = torch.bincount(mask.flatten(), minlength=len(classes)).double() / mask.numel()
         res = dict(classes={classes[k]: round(f, 4) for k, f in enumerate(frac.tolist()) if f > 0})
     else:
-        d = decode_detections(out, model.stride)[0]
-        k = d['scores'] >= score_thresh
-        show_canvas(img[0], boxes=d['boxes'][k], labels=d['labels'][k], scores=d['scores'][k], classes=classes, ax=ax,
+        d = shown_detections(decode_detections(out, model.stride)[0], score_thresh)
+        show_canvas(img[0], boxes=d['boxes'], labels=d['labels'], scores=d['scores'], classes=classes, ax=ax,
                     title=f"{name}: detections (score >= {score_thresh:g})")
+        drawn = d['labels'].tolist()
         res = dict(detections=[(classes[l], round(s, 4), [round(v, 1) for v in b]) for b, s, l in
-                               zip(d['boxes'][k].tolist(), d['scores'][k].tolist(), d['labels'][k].tolist())])
-    _class_legend(fig, classes)
+                               zip(d['boxes'].tolist(), d['scores'].tolist(), d['labels'].tolist())])
+    _class_legend(fig, classes, only=drawn, ncol=3)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     buf = io.BytesIO(); fig.savefig(buf, format='png'); plt.close(fig)
     atomic_write(out_png, lambda t: Path(t).write_bytes(buf.getvalue()))
