@@ -214,11 +214,13 @@ def _select(x, y, classes):
     return x[keep], lut[y[keep]]
 
 def _channels(x, c):
+    "Images `(B,C,H,W)` with `c` channels: grey repeated (a view), or RGB to grey (ITU-R 601 luma; uint8 stays uint8)."
     if c is None or c == x.shape[1]: return x
     if x.shape[1] == 1 and c == 3: return x.expand(-1, 3, -1, -1)                    # a view: no copy
     if x.shape[1] == 3 and c == 1:
-        w = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
-        return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        xf = x.float() if x.dtype == torch.uint8 else x
+        g = (xf * xf.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(1, keepdim=True)
+        return g.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else g
     raise ValueError(f"cannot convert {x.shape[1]}-channel images to {c} channels (1 or 3)")
 
 # %% ../nbs/10_data.ipynb #3ae7d7ba

@@ -20,6 +20,7 @@ from torch import nn, Tensor
 from fastcore.basics import noop
 from .patches import to_2tuple
 from .augment import resize_images
+from .data import _channels
 from .factory import load_model, atomic_write, unwrap_model, _input_stats
 
 # %% ../nbs/17_ensemble.ipynb #906e9985
@@ -44,13 +45,6 @@ def log_mean_softmax(
     return torch.logsumexp(lp + w.log()[:, None, None], 0)
 
 # %% ../nbs/17_ensemble.ipynb #11859a69
-def _to_channels(x:Tensor, c:int) -> Tensor:
-    "Float images `(B,C,H,W)` with `c` channels: a grey image repeated, or an RGB image to grey with the weights `vit_nb.data` uses."
-    if x.shape[1] == c: return x
-    if x.shape[1] == 1 and c == 3: return x.expand(-1, 3, -1, -1)
-    if x.shape[1] == 3 and c == 1: return (x * x.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(1, keepdim=True)
-    raise ValueError(f"cannot feed {x.shape[1]}-channel images to a {c}-channel model (1 and 3 convert)")
-
 class Member(nn.Module):
     "A model fed from images in [0, 1] `(B,C,H,W)` of any size: converted to its channels, resized to its size, normalised with its statistics."
     def __init__(self,
@@ -73,7 +67,7 @@ class Member(nn.Module):
 
     def prepare(self, x:Tensor) -> Tensor:
         "The model's own input from images in [0, 1]: channels, `resize_images`, then `(x - mean) / std` as `NormalizeFast`."
-        return (resize_images(_to_channels(x, self.in_chans), self.img_size) - self.mean) / self.std
+        return (resize_images(_channels(x, self.in_chans), self.img_size) - self.mean) / self.std
 
     def forward(self, x:Tensor) -> Tensor: return self.model(self.prepare(x))     # B,K logits
 
