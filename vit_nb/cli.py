@@ -247,12 +247,12 @@ def _run_dir(run, args) -> Path:
     return Path(share_from_rank0(str(run) if run else None))
 
 # %% ../nbs/13_cli.ipynb #1b445048
-def _disk_full(e:OSError, command:str, run:Path, what:str) -> int:
-    "Say that the disk is full (or a file-size limit was reached) while writing `what`; the exit status 1. Other errors go on."
+def _disk_full(e:OSError, command:str, run:Path, what:str, retry:str=None) -> int:
+    "Say that the disk is full (or a file-size limit was reached) while writing `what`, and what to do then (`retry`; default: resume the run); the exit status 1. Other errors go on."
     if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT): raise e
     print(f"\nvit-nb-{command}: the disk is full (or a file-size limit was reached) writing {what}: {e.strerror}. Every file "
-          f"is written whole or not at all, so what {run} held is intact. Free some space, then resume with: "
-          f"vit-nb-{command} --resume {run}", file=sys.stderr, flush=True)
+          f"is written whole or not at all, so what {run} held is intact. Free some space, then "
+          + (retry or f"resume with: vit-nb-{command} --resume {run}"), file=sys.stderr, flush=True)
     return 1
 
 def _fit(command, args, run, built, fit, resume_state=None) -> int:

@@ -8,10 +8,10 @@ Docs: https://vit-nb.github.io/vit_nb/export.html.md"""
 __all__ = ['FORMATS', 'OUTPUTS', 'ExportError', 'read_export_metadata', 'export_model', 'main']
 
 # %% ../nbs/15_export.ipynb #dea66269
-import contextlib, copy, errno, io, json, os, sys, warnings
+import contextlib, copy, io, json, os, warnings
 from pathlib import Path
 from fastcore.script import call_parse
-from .cli import UsageError, _check, _load, _weights_file
+from .cli import UsageError, _check, _disk_full, _load, _weights_file
 
 # %% ../nbs/15_export.ipynb #14bd0fdb
 FORMATS = {'onnx': '.onnx', 'torch-export': '.pt2'}   # format: the file's suffix
@@ -231,13 +231,6 @@ def _size_arg(s) -> int|tuple|None:
     _check(len(v) in (1, 2) and min(v) >= 1, f"--size must be a resolution in pixels, 'H' or 'HxW' (e.g. 32 or 24x32), got {s!r}")
     return v[0] if len(v) == 1 else v
 
-def _write_failed(e:OSError, out) -> int:
-    "Say that the disk is full (or a file-size limit was reached) writing `out`; the exit status 1. Other errors go on."
-    if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT): raise e
-    print(f"vit-nb-export: the disk is full (or a file-size limit was reached) writing {out}: {e.strerror}. The file is "
-          "written whole or not at all, so nothing was left behind. Free some space, then run the command again.", file=sys.stderr)
-    return 1
-
 # %% ../nbs/15_export.ipynb #6505968e
 @call_parse(pos=['weights'])
 def main(
@@ -273,7 +266,7 @@ def main(
     try: rep = _export(model, info, Path(out).expanduser(), format, hw, opset, fixed_batch is None, fixed_batch or 1,
                        dynamic_size, output, atol)
     except (ValueError, TypeError, ExportError) as e: raise UsageError(f"cannot export {p}: {e}") from None
-    except OSError as e: return _write_failed(e, out)
+    except OSError as e: return _disk_full(e, 'export', Path(out), 'the exported model', retry='run the command again.')
     o = Path(rep['path'])
     kind = f"ONNX opset {rep['opset']}" if format == 'onnx' else 'torch.export program'
     C, K = model.cfg.in_chans, model.cfg.num_classes if output == 'logits' else model.cfg.pre_logits or model.cfg.dim
