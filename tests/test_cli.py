@@ -1,7 +1,7 @@
 """Integration tests of the console scripts vit-nb-train/-finetune/-evaluate/-predict, run as real processes.
 
 Small budgets: scikit-learn's digits, a micro ViT, one CPU thread per process."""
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -111,23 +111,9 @@ def test_hybrid_train_finetune_evaluate(tmp_path):
     r = run('train', '--data', 'digits', '--arch', 'vit_mini_resnet18_s4_28', '--patch-size', '2', '--out', tmp_path/'x')
     assert r.returncode == 2 and "a hybrid's patch size is its backbone's stride" in r.stderr, r.stderr
 
-def _interrupt(tmp_path, name, sig):
-    "Start a run like the reference, send `sig` once its first checkpoint exists; the finished process."
-    proc = subprocess.Popen([str(BIN/'vit-nb-train'), *TINY, *SMALL, '--out', str(tmp_path), '--name', name],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    t0, ck = time.time(), tmp_path/name/'checkpoint.pt'
-    while not ck.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 300, f"{ck} did not appear"
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, err
-
-
-def test_sigint_then_resume(trained, tmp_path):
+def test_sigint_then_resume(trained, tmp_path, interrupt):
     "SIGINT after the first epoch's checkpoint: exit 130 with the resume command; resuming ends exactly like the reference."
-    code, err = _interrupt(tmp_path, 'int', signal.SIGINT)
+    code, err = interrupt('train', [*TINY, *SMALL], tmp_path/'int', env=ENV)
     assert code == 130, (code, err)
     assert f'Resume with:  vit-nb-train --resume {tmp_path/"int"}' in err, err
     st = torch.load(tmp_path/'int'/'checkpoint.pt', weights_only=True)
@@ -140,8 +126,8 @@ def test_sigint_then_resume(trained, tmp_path):
     assert same(a['epochs']) == same(b['epochs']) and a['test_accuracy'] == b['test_accuracy']
 
 
-def test_sigterm_message(tmp_path):
-    code, err = _interrupt(tmp_path, 'term', signal.SIGTERM)
+def test_sigterm_message(tmp_path, interrupt):
+    code, err = interrupt('train', [*TINY, *SMALL], tmp_path/'term', signal.SIGTERM, env=ENV)
     assert code == 128 + signal.SIGTERM, (code, err)
     assert 'Interrupted by SIGTERM' in err and f'Resume with:  vit-nb-train --resume {tmp_path/"term"}' in err, err
     assert torch.load(tmp_path/'term'/'checkpoint.pt', weights_only=True)['version'] == 1

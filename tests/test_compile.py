@@ -7,7 +7,7 @@ Measured here (torch 2.14.1, CPU, g++ 12): a compiled run interrupted and resume
 with exactly the weights of the uninterrupted compiled run, so the test asks for equality; on the same batch the compiled
 model's loss equals the eager one and its logits differ by at most 4.8e-7 (values up to 1.5), its gradients by 4.1e-8
 (values up to 0.14): the tolerances below are about ten times that."""
-import json, os, shutil, signal, subprocess, sys, time
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -22,19 +22,11 @@ def run(cmd, *args, env=ENV, timeout=900):
     return subprocess.run([str(BIN/f'vit-nb-{cmd}'), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def interrupted(out, name, *extra):
+def interrupted(interrupt, run, *extra):
     "A run like the reference, sent SIGINT as soon as its first checkpoint exists; its folder."
-    proc = subprocess.Popen([str(BIN/'vit-nb-train'), *RUN, *extra, '--out', str(out), '--name', name],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    t0, ck = time.time(), out/name/'checkpoint.pt'
-    while not ck.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 600, f"{ck} did not appear"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 130, (proc.returncode, err[-3000:])
-    return out/name
+    code, err = interrupt('train', [*RUN, *extra], run, env=ENV, timeout=600)
+    assert code == 130, (code, err[-3000:])
+    return run
 
 
 def weights(d):
@@ -54,9 +46,9 @@ def ref(tmp_path_factory):
     return out/'ref'
 
 
-def test_compiled_resume_is_exact(ref, tmp_path):
+def test_compiled_resume_is_exact(ref, tmp_path, interrupt):
     "Compiled, interrupted, resumed compiled: the reference's weights exactly; resumed eagerly instead: it finishes too."
-    d = interrupted(tmp_path, 'int', '--compile')
+    d = interrupted(interrupt, tmp_path/'int', '--compile')
     keys = ckpt_keys(d)
     assert not any('_orig_mod' in k for k in keys) and keys == set(weights(ref))
     shutil.copytree(d, tmp_path/'eager')                                 # the same checkpoint, to resume without compiling
@@ -86,9 +78,9 @@ def test_saved_weights_load(ref):
     assert r.returncode == 0 and f"accuracy {acc:.4f}" in r.stdout, (r.stdout, r.stderr[-2000:])
 
 
-def test_eager_checkpoint_resumes_compiled(ref, tmp_path):
+def test_eager_checkpoint_resumes_compiled(ref, tmp_path, interrupt):
     "An eager run's checkpoint resumes with --compile, and finishes like the eager run would, within rounding."
-    d = interrupted(tmp_path, 'e')
+    d = interrupted(interrupt, tmp_path/'e')
     r = run('train', '--resume', d, '--compile')
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((d/'config.json').read_text())['args']['compile'] is True

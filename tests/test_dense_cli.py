@@ -1,7 +1,7 @@
 """Integration tests of the console scripts vit-nb-segment and vit-nb-detect, run as real processes, and of `predict_dense`.
 
 Small budgets: a few hundred 64x64 canvases of real Fashion-MNIST items, one-block ViTs, one CPU thread per process."""
-import json, os, signal, subprocess, sys, time
+import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pytest
@@ -149,25 +149,11 @@ assert m.backbone.pos_embed.shape == (1, 1 + 64, 128), m.backbone.pos_embed.shap
     assert r.returncode == 0, r.stderr
 
 
-def _interrupt(tmp_path, name, sig):
-    "Start a detection run like the reference, send `sig` once its first checkpoint exists; the finished process."
-    proc = subprocess.Popen([str(BIN/'vit-nb-detect'), *TINY, '--epochs', '3', '--out', str(tmp_path), '--name', name],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    t0, ck = time.time(), tmp_path/name/'checkpoint.pt'
-    while not ck.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 300, f"{ck} did not appear"
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, err
-
-
-def test_sigint_then_resume_is_exact(tmp_path):
+def test_sigint_then_resume_is_exact(tmp_path, interrupt):
     "SIGINT after the first checkpoint: exit 130 with the resume command; the resumed run ends exactly like an uninterrupted one."
     r = run('detect', *TINY, '--epochs', '3', '--out', tmp_path, '--name', 'ref')
     assert r.returncode == 0, r.stderr
-    code, err = _interrupt(tmp_path, 'int', signal.SIGINT)
+    code, err = interrupt('detect', [*TINY, '--epochs', '3'], tmp_path/'int', env=ENV)
     assert code == 130, (code, err)
     assert f'Resume with:  vit-nb-detect --resume {tmp_path/"int"}' in err, err
     assert not (tmp_path/'int'/'metrics.json').exists()

@@ -5,7 +5,7 @@ recipe (`--aug`), `--ema` and `--avg-last` (saved, evaluated, resumed exactly), 
 Tiny runs: scikit-learn's digits, the micro ViT with 4x4 patches, 640 training images, one CPU thread per process. The
 oracles are computed here from `load_model` and the data, without the command's code path: the model's logits on the
 test images for accuracy, loss and ECE, and the mean of the softmax probabilities over the members and views by hand."""
-import json, os, shutil, signal, subprocess, sys, time
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -77,18 +77,11 @@ def test_ema_weights_load_and_evaluate(ref, tmp_path):
     assert abs(json.loads((tmp_path/'ema.json').read_text())['accuracy'] - m['ema_test_accuracy']) < 1e-6
 
 
-def test_interrupted_kit_run_resumes_exactly(ref, tmp_path):
+def test_interrupted_kit_run_resumes_exactly(ref, tmp_path, interrupt):
     "SIGINT once the first checkpoint exists, then --resume: the EMA, the averaged weights and the history of the uninterrupted run, exactly."
-    proc = subprocess.Popen([str(BIN/'vit-nb-train'), *KIT, '--out', str(tmp_path), '--name', 'int'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    t0, ck = time.time(), tmp_path/'int'/'checkpoint.pt'
-    while not ck.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 300, f"{ck} did not appear"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    code, err = interrupt('train', KIT, tmp_path/'int', env=ENV)
+    assert code == 130, (code, err[-3000:])
+    ck = tmp_path/'int'/'checkpoint.pt'
     st = torch.load(ck, weights_only=True)
     assert (st['epoch'], st['iter']) != (3, 0) and set(st['callbacks']) == {'ema', 'average_last_epochs'}
     r = run('train', '--resume', tmp_path/'int')
