@@ -9,7 +9,7 @@ __all__ = ['FAMILIES', 'MODELS', 'Family', 'ModelEntry', 'register_model', 'list
            'model_config', 'atomic_write', 'save_model', 'find_weights', 'read_metadata', 'load_model']
 
 # %% ../nbs/07_factory.ipynb #917c9d82
-import fnmatch, json, os, tempfile
+import fnmatch, importlib, json, os, tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ FAMILIES = dict(
     hybrid=Family(_hybrid_build, HybridViT, lambda m: {**m.cfg.__dict__, 'backbone': asdict(m.backbone_cfg)}),
     resnet=Family(resnet_from_config, ResNet, lambda m: asdict(m.cfg)),
 )
+_FAMILY_MODULES = {'dense': 'vit_nb.dense'}   # families that a module of their own adds to `FAMILIES` when imported
 
 # %% ../nbs/07_factory.ipynb #95ef0307
 @dataclass
@@ -290,6 +291,7 @@ def load_model(
     if config is not None: family, cfg = _norm_config(config)
     elif 'config' in meta: family, cfg = meta.get('family') or _norm_config(meta['config'])[0], meta['config']
     else: family, cfg = 'vit', None
+    if family not in FAMILIES and family in _FAMILY_MODULES: importlib.import_module(_FAMILY_MODULES[family])
     if family not in FAMILIES: raise ValueError(f"{where} holds a model of family {family!r}, which this version does not know ({', '.join(FAMILIES)})")
     if cfg is None:                                                # weights from elsewhere: the tensors tell the configuration
         if 'hf' in meta: ckpt_grid, overrides = _hf_overrides(meta['hf'], ckpt_grid, overrides)
