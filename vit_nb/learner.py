@@ -20,6 +20,7 @@ from fastai.optimizer import Adam, SGD
 from fastai.metrics import accuracy
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.callback.core import Callback
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, SchedNo, combine_scheds
 from fastai.callback.training import GradientClip
 from .augment import MixUpCutMix
@@ -104,6 +105,7 @@ def vit_learner(
     metrics=accuracy, # fastai metrics
     precision:str='auto', # 'auto' (bf16/fp16 on CUDA, fp32 on CPU), 'fp32', 'bf16' or 'fp16' (the last two on CUDA only)
     opt_func=partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8), # the optimiser; the recipes set their own
+    channels_last='auto', # train in the channels-last memory format (fastai's `ChannelsLast`), faster for convolutions; 'auto': for models with convolutions besides the patch embedding (hybrids, ResNets)
     compile=False, # `torch.compile` the model: `True` (its defaults) or a dict of `torch.compile` arguments, e.g. `dict(mode='max-autotune')`
     cbs=None, # more callbacks
     **kwargs # passed to `Learner` (`path`, `model_dir`, `wd`, ...)
@@ -114,6 +116,8 @@ def vit_learner(
     loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else CrossEntropyLossFlat()
     K = getattr(getattr(model, 'cfg', None), 'num_classes', None) or num_classes or c      # the soft targets' width: the head's
     cbs = L(cbs) + _kit_cbs(K, label_smoothing, mixup, cutmix, mix_prob, switch_prob, ema, avg_last) + ([PlainInputs()] if compile else [])
+    if channels_last == 'auto': channels_last = sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+    if channels_last: cbs.append(ChannelsLast())
     if compile: model = _compiled(model, compile)                 # see Compiling the model, below
     learn = ViTLearner(dls, model, loss_func=loss, opt_func=opt_func, splitter=vit_splitter, metrics=metrics, cbs=cbs, **kwargs)
     return _precision(learn, precision)
