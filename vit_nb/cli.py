@@ -81,14 +81,19 @@ def new_run_dir(root='runs', name:str=None) -> Path:
 _DATA_SETS = ('fashion_mnist', 'digits', 'cifar10', 'imagenette')     # the names --data takes; anything else is a folder
 _FOLDER_BASIC = dict(rrc=(0.75, 1.), flip=True, max_rotate=10., max_zoom=1.1)   # an image folder's basic augmentation as `batch_augs` options
 
+def _light(aug:dict) -> dict:
+    "The cheap, label-preserving part of a basic augmentation (`--aug light`): the shift (pad-crop) or resized crop, and the flips."
+    return {k: v for k, v in aug.items() if k in ('pad', 'flip', 'rrc', 'size')}
+
 def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, stats=None, aug=True, add=None):
-    "`(dls, vocab, stats)` for the `--data` option; `aug`: the data set's basic augmentation (True), none, or `batch_augs` options; `add`: options on top of it."
+    "`(dls, vocab, stats)` for the `--data` option; `aug`: the data set's basic augmentation (True), its light part ('light'), none, or `batch_augs` options; `add`: options on top of it."
     from vit_nb import data as vd
     if data in ('fashion_mnist', 'digits', 'cifar10'):                   # in memory: `tensor_dls`
         read = dict(fashion_mnist=lambda: vd.fashion_mnist(data_path), digits=vd.digits, cifar10=lambda: vd.cifar10(data_path))[data]
         try: td = read()
         except (FileNotFoundError, ValueError) as e: raise UsageError(f"--data {data}: {e}") from None
         if subset is not None: _check(0 < subset <= len(td.y_train), f"--subset {subset}: there are {len(td.y_train)} training images")
+        if aug == 'light': aug = _light(td.aug)
         if add: aug = {**(td.aug if aug is True else aug or {}), **add}
         dls = vd.tensor_dls(td, bs=bs, size=size, channels=channels, n_train=subset, n_valid=n_valid, seed=seed,
                             stats=stats, aug=aug)
@@ -101,6 +106,7 @@ def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, s
         load = partial(vd.image_folder_dls, p, stats=stats or 'half')
         hint = ". An image folder holds one sub-folder of images per class (or train/ and valid/ folders of those)"
     _check(size is not None, f"--size is needed for an image folder (the model's resolution)")
+    if aug == 'light': aug = _light(_FOLDER_BASIC)
     if add: aug = {**(_FOLDER_BASIC if aug is True else aug or {}), **add}
     import warnings
     try:
@@ -368,7 +374,7 @@ def _ta_max(s) -> dict|None:
 
 def _kit(data:str, aug:str, trivial:bool, ta_max, erase, mixup, cutmix, mix_prob, switch_prob, label_smoothing, default_ls:float) -> dict:
     "The augmentation and mixing a run's options ask for, checked: `aug` and `add` for `_data`, `mix` (`MixUpCutMix`'s settings or None), `label_smoothing`."
-    _check(aug in ('recipe', 'basic', 'none'), f"--aug takes 'recipe' (also --aug alone), 'basic' or 'none', got {aug!r} "
+    _check(aug in ('recipe', 'basic', 'light', 'none'), f"--aug takes 'recipe' (also --aug alone), 'basic', 'light' or 'none', got {aug!r} "
                                                "(vit-nb-finetune takes the weights before --aug)")
     _in(mixup, 0, math.inf, '--mixup', 'an alpha >= 0 (0: off)')
     _in(cutmix, 0, math.inf, '--cutmix', 'an alpha >= 0 (0: off)')
@@ -377,7 +383,7 @@ def _kit(data:str, aug:str, trivial:bool, ta_max, erase, mixup, cutmix, mix_prob
     from vit_nb.augment import AUG_RECIPES
     name = data if data in AUG_RECIPES else 'folder'
     rec, recipe = AUG_RECIPES[name], aug == 'recipe'
-    batch, add, ta = (dict(rec['batch']) if recipe else aug == 'basic'), {}, _ta_max(ta_max)
+    batch, add, ta = (dict(rec['batch']) if recipe else dict(basic=True, light='light').get(aug, False)), {}, _ta_max(ta_max)
     if trivial or ta is not None:
         _check(trivial or (recipe and rec['batch'].get('trivial')), "--ta-max sets TrivialAugment's largest magnitudes: add --trivial (or --aug)")
         add |= dict(trivial=True, ta_max=ta if ta is not None else rec['batch'].get('ta_max'))   # the recipe's magnitudes for this data set
@@ -441,7 +447,7 @@ def train(
     ema:float=None, # keep an exponential moving average of the weights with this decay (e.g. 0.999: about the last 1,000 steps), validated each epoch, saved as model_ema.safetensors and evaluated on the test images
     avg_last:int=0, # at the end, load the average of the weights after each of the last N epochs into the model, which model.safetensors then holds (0: off)
     drop_path:float=0., # stochastic depth rate
-    aug:_AUG=None, # the data set's recommended recipe (--aug alone, or 'recipe'): batch augmentation and MixUp/CutMix from vit_nb.augment.AUG_RECIPES, label smoothing folded into the mixed targets; the options above override its parts. 'basic': the data set's basic augmentation, listed under --data. 'none'. The recipes (imagenette and image folders: folder): fashion_mnist: batch_augs(pad=2, flip=True, trivial=True, ta_max={Rotate: 30, TranslateX: 4, TranslateY: 4, ShearX: 0.3, ShearY: 0.3}, erase=0.25); MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, prob=0.5, label_smoothing=0.1) | digits: batch_augs(pad=1, trivial=True, ta_max={Rotate: 15, TranslateX: 1, TranslateY: 1, ShearX: 0.2, ShearY: 0.2}); MixUpCutMix(mixup_alpha=0.2, label_smoothing=0.1) | cifar10: batch_augs(pad=4, flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1) | folder: batch_augs(rrc=(0.08, 1.0), flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1). Default: none (in short runs augmentation slows learning)
+    aug:_AUG=None, # the data set's recommended recipe (--aug alone, or 'recipe'): batch augmentation and MixUp/CutMix from vit_nb.augment.AUG_RECIPES, label smoothing folded into the mixed targets; the options above override its parts. 'basic': the data set's basic augmentation, listed under --data; 'light': its shifts (or crops) and flips only. 'none'. The recipes (imagenette and image folders: folder): fashion_mnist: batch_augs(pad=2, flip=True, trivial=True, ta_max={Rotate: 30, TranslateX: 4, TranslateY: 4, ShearX: 0.3, ShearY: 0.3}, erase=0.25); MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, prob=0.5, label_smoothing=0.1) | digits: batch_augs(pad=1, trivial=True, ta_max={Rotate: 15, TranslateX: 1, TranslateY: 1, ShearX: 0.2, ShearY: 0.2}); MixUpCutMix(mixup_alpha=0.2, label_smoothing=0.1) | cifar10: batch_augs(pad=4, flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1) | folder: batch_augs(rrc=(0.08, 1.0), flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1). Default: none (in short runs augmentation slows learning)
     patch_size:int=None, # override the preset's patch size `P`
     dim:int=None, # override the preset's width `D`
     depth:int=None, # override the preset's number of blocks `L`
@@ -547,7 +553,7 @@ def finetune(
     erase:float=None, # random erasing: the probability of erasing a box of each training image (default: off, or the recipe's)
     ema:float=None, # keep an exponential moving average of the weights with this decay (e.g. 0.999: about the last 1,000 steps), validated each epoch, saved as model_ema.safetensors and evaluated on the test images
     avg_last:int=0, # at the end, load the average of the weights after each of the last N epochs into the model, which model.safetensors then holds (0: off)
-    aug:_AUG='basic', # the data set's recommended recipe (--aug alone, or 'recipe'): batch augmentation and MixUp/CutMix from vit_nb.augment.AUG_RECIPES, label smoothing folded into the mixed targets; the options above and --label-smoothing override its parts. 'basic': the data set's basic augmentation, listed under --data. 'none'. The recipes (imagenette and image folders: folder): fashion_mnist: batch_augs(pad=2, flip=True, trivial=True, ta_max={Rotate: 30, TranslateX: 4, TranslateY: 4, ShearX: 0.3, ShearY: 0.3}, erase=0.25); MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, prob=0.5, label_smoothing=0.1) | digits: batch_augs(pad=1, trivial=True, ta_max={Rotate: 15, TranslateX: 1, TranslateY: 1, ShearX: 0.2, ShearY: 0.2}); MixUpCutMix(mixup_alpha=0.2, label_smoothing=0.1) | cifar10: batch_augs(pad=4, flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1) | folder: batch_augs(rrc=(0.08, 1.0), flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1). Default: basic
+    aug:_AUG='basic', # the data set's recommended recipe (--aug alone, or 'recipe'): batch augmentation and MixUp/CutMix from vit_nb.augment.AUG_RECIPES, label smoothing folded into the mixed targets; the options above and --label-smoothing override its parts. 'basic': the data set's basic augmentation, listed under --data; 'light': its shifts (or crops) and flips only. 'none'. The recipes (imagenette and image folders: folder): fashion_mnist: batch_augs(pad=2, flip=True, trivial=True, ta_max={Rotate: 30, TranslateX: 4, TranslateY: 4, ShearX: 0.3, ShearY: 0.3}, erase=0.25); MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, prob=0.5, label_smoothing=0.1) | digits: batch_augs(pad=1, trivial=True, ta_max={Rotate: 15, TranslateX: 1, TranslateY: 1, ShearX: 0.2, ShearY: 0.2}); MixUpCutMix(mixup_alpha=0.2, label_smoothing=0.1) | cifar10: batch_augs(pad=4, flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1) | folder: batch_augs(rrc=(0.08, 1.0), flip=True, trivial=True, erase=0.25); MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1). Default: basic
     subset:int=None, # fine-tune on a class-balanced subset of this many images
     n_valid:int=None, # evaluate on a class-balanced subset of this many test images
     out:str='runs', # parent folder of the run folders
