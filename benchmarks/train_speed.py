@@ -6,13 +6,17 @@
     with `--compile-ab N`, N pairs of the main job eager and with `--compile`, alternating (eager first in odd pairs,
     compiled first in even ones), and their medians: the whole command, the first epoch (which pays for the
     compilation) and the later epochs (the compiled steps);
+    with `--suite`, the settings of `SUITE` one after another in one run (the README's table): the main job, its short
+    setting, a pure ViT, the ResNet a user would pick instead (the same command and recipe, `--arch` changed) and the main
+    job with `--compile`; each with its target, if any;
 (b) fastai's overhead: the main job's model (vit_mini_conv_s8_32), data, optimiser hyper-parameters and number of steps, trained by
     `learn.fit_pretrain` (with its callbacks: schedule, clipping, recorder, checkpoint-free) and by a bare PyTorch loop,
     interleaved in one process; reports the ratio of their best times.
 
 The machine is shared: report `uptime` with the figures; compare only ratios measured in one run.
 
-Usage: python benchmarks/train_speed.py [--skip-a] [--skip-b] [--steps 60] [--compile-ab N] [-- extra vit-nb-train arguments]
+Usage: python benchmarks/train_speed.py [--skip-a] [--skip-b] [--steps 60] [--compile-ab N | --suite [NAME ...]]
+                                      [-- extra vit-nb-train arguments]
 """
 import argparse, json, math, os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -38,6 +42,26 @@ def bench_accuracy(extra):
         res[f'first_epoch_at_{thr:.2f}'] = None if hit is None else dict(epoch=hit['epoch'], fit_seconds=hit['seconds'],
                                                                           wall_seconds_est=round(hit['seconds'] + setup, 1))
     return res
+
+SUITE = {   # name: (vit-nb-train arguments added to the defaults, target test accuracy, target wall-clock seconds)
+    'main': ([], 0.93, 600),
+    'short': (['--epochs', '3'], 0.90, 180),
+    'pure_vit': (['--arch', 'vit_mini_patch4_28', '--depth', '4', '--epochs', '6'], 0.91, 600),
+    'resnet': (['--arch', 'resnet_mini_s2_32'], None, None),
+    'main_compiled': (['--compile'], 0.93, 600),
+}
+
+def bench_suite(names, extra):
+    "The settings `names` of `SUITE`, one after another: each one's figures and whether it met its target."
+    out = {}
+    for n in names:
+        args, acc, secs = SUITE[n]
+        r = bench_accuracy(args + extra)
+        r.update(setting=n, target_accuracy=acc, target_seconds=secs,
+                 met=None if acc is None else bool(r['test_accuracy'] >= acc and r['wall_seconds'] <= secs))
+        print(json.dumps({k: r[k] for k in ('setting', 'wall_seconds', 'train_seconds', 'test_accuracy', 'epochs', 'met')}), flush=True)
+        out[n] = r
+    return out
 
 def bench_compile(extra, pairs):
     "The main job eager and compiled (`--compile`), alternately, `pairs` times each: per-run figures and their medians."
@@ -100,10 +124,13 @@ if __name__ == '__main__':
     p.add_argument('--steps', type=int, default=60)
     p.add_argument('--compile-ab', type=int, default=0, metavar='N',
                    help='time the main job eager and with --compile, alternately, N times each (instead of (a))')
+    p.add_argument('--suite', nargs='*', choices=list(SUITE), metavar='NAME',
+                   help=f"run these settings (default: all: {', '.join(SUITE)}) one after another (instead of (a))")
     a = p.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
     res = dict(load_before=uptime())
     if not a.skip_b: res['overhead'] = bench_overhead(a.steps); print(json.dumps(res['overhead']), flush=True)
-    if a.compile_ab: res['compile'] = bench_compile(extra, a.compile_ab)
+    if a.suite is not None: res['suite'] = bench_suite(a.suite or list(SUITE), extra)
+    elif a.compile_ab: res['compile'] = bench_compile(extra, a.compile_ab)
     elif not a.skip_a: res['accuracy'] = bench_accuracy(extra)
     res['load_after'] = uptime()
     print(json.dumps(res, indent=1))
