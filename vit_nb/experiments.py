@@ -7,8 +7,8 @@ Docs: https://vit-nb.github.io/vit_nb/experiments.html.md"""
 # %% auto #0
 __all__ = ['CPU_ATTENTION', 'EXP_VIT', 'PAPER_TABLE8', 'FOOTWEAR', 'model_cost', 'train_eval', 'run_grid', 'summarise',
            'inductive_bias', 'plot_by_size', 'pos_embed_ablation', 'table8', 'pretrain', 'transfer', 'throughput',
-           'patch_size_sweep', 'extract_features', 'fit_linear_probe', 'few_shot', 'placed_items',
-           'MaskedPatchPrediction', 'mpp_loss']
+           'patch_size_sweep', 'extract_features', 'fit_linear_probe', 'few_shot', 'unaugmented', 'few_shot_probe',
+           'placed_items', 'MaskedPatchPrediction', 'mpp_loss']
 
 # %% ../nbs/20_experiments.ipynb #c2b42ee4
 import math, time, copy
@@ -66,7 +66,8 @@ def train_eval(
     wd:float=0.05, # weight decay
     warmup:float=0.1, # warm-up fraction
     fit:str='pretrain', # 'pretrain' (Adam recipe) or 'finetune' (SGD recipe)
-) -> dict: # accuracy, steps done, epochs and seconds
+    probe=None, # called as `probe(model, dls)` after training and testing: a dict of more results (e.g. `few_shot_probe()`)
+) -> dict: # accuracy, steps done, epochs and seconds (and the probe's results)
     "Train `model` on `dls` for about `steps` steps with one of the paper's recipes; accuracy on `dls.valid`."
     learn = _learner(model, dls)
     n_epoch = max(1, round(steps / len(dls.train)))
@@ -76,7 +77,8 @@ def train_eval(
         else: learn.fit_finetune(n_epoch, lr=lr, warmup=warmup)
         secs = time.perf_counter() - t0
         loss, acc = learn.validate()
-    return dict(acc=float(acc), loss=float(loss), steps=n_epoch * len(dls.train), epochs=n_epoch, secs=secs)
+    res = dict(acc=float(acc), loss=float(loss), steps=n_epoch * len(dls.train), epochs=n_epoch, secs=secs)
+    return res | probe(model, dls) if probe else res
 
 # %% ../nbs/20_experiments.ipynb #ff6c6e1f
 def run_grid(
@@ -320,6 +322,25 @@ def few_shot(
             accs.append(((Xte.double() @ W + b).argmax(1) == yte).double().mean().item())
         rows.append(dict(shots=n, acc=float(np.mean(accs)), std=float(np.std(accs)), draws=accs))
     return pd.DataFrame(rows)
+
+# %% ../nbs/20_experiments.ipynb #7042aa76
+def unaugmented(dl):
+    "`dl`'s images in order, each once, transformed as validation images are (no augmentation): a pool of shots to extract features from."
+    ds = copy.copy(dl.dataset); ds.split_idx = 1                    # fastai applies the transforms of the dataset's split
+    return dl.new(ds, shuffle=False, drop_last=False)
+
+def few_shot_probe(
+    shots=(1, 5, 10), # images per class
+    draws:int=5, # random draws per number of shots
+    l2:float=1., # ridge penalty
+    seed:int=0,
+):
+    "A `train_eval` probe: the trained model's few-shot linear accuracy (§4.1), shots drawn from the training images (`unaugmented`), scored on `dls.valid`."
+    def probe(model, dls) -> dict:
+        pool = extract_features(model, unaugmented(dls.train))
+        fs = few_shot(pool, extract_features(model, dls.valid), shots, draws, l2, seed)
+        return {f'fewshot_{r.shots}': r.acc for r in fs.itertuples()} | {f'fewshot_{r.shots}_std': r.std for r in fs.itertuples()}
+    return probe
 
 # %% ../nbs/20_experiments.ipynb #e185c648
 FOOTWEAR = (5, 7, 9)                                             # Fashion-MNIST's sandal, sneaker, ankle boot
