@@ -85,6 +85,11 @@ def _light(aug:dict) -> dict:
     "The cheap, label-preserving part of a basic augmentation (`--aug light`): the shift (pad-crop) or resized crop, and the flips."
     return {k: v for k, v in aug.items() if k in ('pad', 'flip', 'rrc', 'size')}
 
+def _resolve_aug(aug, basic:dict, add:dict=None):
+    "`aug` for the loaders: `True` (the data set's `basic`) as is unless `add` extends it, 'light' as `_light(basic)`, a dict with `add` on top."
+    if aug == 'light': aug = _light(basic)
+    return {**(basic if aug is True else aug or {}), **add} if add else aug
+
 def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, stats=None, aug=True, add=None):
     "`(dls, vocab, stats)` for the `--data` option; `aug`: the data set's basic augmentation (True), its light part ('light'), none, or `batch_augs` options; `add`: options on top of it."
     from vit_nb import data as vd
@@ -93,8 +98,7 @@ def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, s
         try: td = read()
         except (FileNotFoundError, ValueError) as e: raise UsageError(f"--data {data}: {e}") from None
         if subset is not None: _check(0 < subset <= len(td.y_train), f"--subset {subset}: there are {len(td.y_train)} training images")
-        if aug == 'light': aug = _light(td.aug)
-        if add: aug = {**(td.aug if aug is True else aug or {}), **add}
+        aug = _resolve_aug(aug, td.aug, add)
         dls = vd.tensor_dls(td, bs=bs, size=size, channels=channels, n_train=subset, n_valid=n_valid, seed=seed,
                             stats=stats, aug=aug)
         return dls, list(dls.vocab), dls.stats
@@ -106,8 +110,7 @@ def _data(data:str, data_path, size, bs, subset, n_valid, seed, channels=None, s
         load = partial(vd.image_folder_dls, p, stats=stats or 'half')
         hint = ". An image folder holds one sub-folder of images per class (or train/ and valid/ folders of those)"
     _check(size is not None, f"--size is needed for an image folder (the model's resolution)")
-    if aug == 'light': aug = _light(_FOLDER_BASIC)
-    if add: aug = {**(_FOLDER_BASIC if aug is True else aug or {}), **add}
+    aug = _resolve_aug(aug, _FOLDER_BASIC, add)
     import warnings
     try:
         with warnings.catch_warnings():
