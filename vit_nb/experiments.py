@@ -8,7 +8,7 @@ Docs: https://vit-nb.github.io/vit_nb/experiments.html.md"""
 __all__ = ['CPU_ATTENTION', 'EXP_VIT', 'EXP_RESNET', 'PAPER_TABLE8', 'FOOTWEAR', 'model_cost', 'train_eval', 'run_grid',
            'summarise', 'inductive_bias', 'plot_by_size', 'gap', 'pos_embed_ablation', 'table8', 'pretrain', 'transfer',
            'throughput', 'patch_size_sweep', 'extract_features', 'fit_linear_probe', 'few_shot', 'unaugmented',
-           'few_shot_probe', 'placed_items', 'MaskedPatchPrediction', 'mpp_loss']
+           'few_shot_probe', 'placed_items', 'MaskedPatchPrediction', 'mpp_loss', 'mpp_accuracy']
 
 # %% ../nbs/20_experiments.ipynb #c2b42ee4
 import math, time, copy
@@ -27,7 +27,7 @@ from .model import ViT, vit_from_config
 from .factory import create_model
 from .resnet import ResNet
 from .data import TensorData, fashion_mnist, tensor_dls
-from .learner import vit_learner
+from .learner import vit_learner, ViTLearner, vit_splitter
 
 # %% ../nbs/20_experiments.ipynb #84af331a
 # PyTorch's FlopCounterMode has formulas for the CUDA attention kernels but counts the CPU one
@@ -42,13 +42,21 @@ CPU_ATTENTION = {
 def model_cost(
     model:nn.Module, # any image classifier
     shape:tuple, # one input image's shape `(C, H, W)`
+    train:bool=False, # also count a training step's FLOPs (forward and backward) per image: `train_gflops`
 ) -> dict: # parameters, and forward GFLOPs per image (2 FLOPs per multiply-add; matmuls, convolutions, attention)
-    "Parameters and forward FLOPs per image, counted by PyTorch's `FlopCounterMode`."
+    "Parameters and forward FLOPs per image (and those of a training step), counted by PyTorch's `FlopCounterMode`."
     was = model.training; model.eval()
     p = next(model.parameters())
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as fc: model(torch.zeros(1, *shape, device=p.device))
-    model.train(was)
-    return dict(params=sum(q.numel() for q in model.parameters()), gflops=fc.get_total_flops() / 1e9)
+    try:
+        x = torch.zeros(1, *shape, device=p.device)
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as fc: model(x)
+        res = dict(params=sum(q.numel() for q in model.parameters()), gflops=fc.get_total_flops() / 1e9)
+        if train:                                                    # gradients through autograd.grad: the model's `.grad`s are left as they are
+            with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as fc:
+                torch.autograd.grad(model(x).float().logsumexp(-1).sum(), [q for q in model.parameters() if q.requires_grad])
+            res['train_gflops'] = fc.get_total_flops() / 1e9
+    finally: model.train(was)
+    return res
 
 # %% ../nbs/20_experiments.ipynb #1e1f0039
 EXP_VIT = 'vit_micro_patch4_28'   # the registered ViT the CPU-scale experiments use: 4x4 patches, 4 blocks of width 64
@@ -57,6 +65,8 @@ EXP_RESNET = 'resnet_micro_s2_28' # its convolutional baseline, matched in param
 # %% ../nbs/20_experiments.ipynb #6d8d0646
 def _learner(model, dls, **kw):
     if isinstance(model, ViT): return vit_learner(dls, model, **kw)
+    if (own := getattr(model, 'learner_kw', None)):               # a model that brings its own objective (`MaskedPatchPrediction`)
+        return ViTLearner(dls, model, splitter=vit_splitter, **own, **kw)
     return Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, **kw)
 
 def train_eval(
@@ -64,6 +74,7 @@ def train_eval(
     dls, # fastai `DataLoaders`; the validation set is the test split
     steps:int=300, # optimiser steps (the budget); rounded to whole epochs, at least one (keep `steps*bs` ≥ the largest subset)
     epochs:int=None, # the budget in epochs instead (overrides `steps`)
+    exact:bool=False, # train exactly `steps` steps (the last epoch cut short) instead of rounding to whole epochs
     lr:float=3e-3, # peak learning rate
     wd:float=0.05, # weight decay
     warmup:float=0.1, # warm-up fraction
@@ -72,14 +83,14 @@ def train_eval(
 ) -> dict: # accuracy, steps done, epochs and seconds (and the probe's results)
     "Train `model` on `dls` for about `steps` steps with one of the paper's recipes; accuracy on `dls.valid`."
     learn = _learner(model, dls)
-    n_epoch = epochs or max(1, round(steps / len(dls.train)))
+    n_epoch = epochs or (steps / len(dls.train) if exact else max(1, round(steps / len(dls.train))))
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
         if fit == 'pretrain': learn.fit_pretrain(n_epoch, lr=lr, wd=wd, warmup=warmup, decay='cos')
         else: learn.fit_finetune(n_epoch, lr=lr, warmup=warmup)
         secs = time.perf_counter() - t0
         loss, acc = learn.validate()
-    res = dict(acc=float(acc), loss=float(loss), steps=n_epoch * len(dls.train), epochs=n_epoch, secs=secs)
+    res = dict(acc=float(acc), loss=float(loss), steps=max(1, round(n_epoch * len(dls.train))), epochs=n_epoch, secs=secs)
     return res | probe(model, dls) if probe else res
 
 # %% ../nbs/20_experiments.ipynb #ff6c6e1f
@@ -213,17 +224,23 @@ def pretrain(
     n_train:int=None, # pre-training subset size (None: all the images of `classes`)
     aug=False, # data augmentation (`tensor_dls`)
     vit_kw:dict=None, # `ViTConfig` overrides of `EXP_VIT`
+    objective:str='supervised', # 'supervised' (the labels) or 'mpp' (masked patch prediction, §4.6: no labels)
+    bins:int=8, # with 'mpp': levels of each patch's mean intensity per channel (8: the paper's 3 bits)
     **train_kw, # for `train_eval` (`steps`, `lr`, ...)
-) -> tuple: # the pre-trained `ViT` and its result on the held-out images of `classes`
-    "Pre-train the experiments' ViT (`EXP_VIT`) on some classes of `data`."
+) -> tuple: # the pre-trained `ViT` and its result on the held-out images of `classes` (with 'mpp': the colour loss and accuracy)
+    "Pre-train the experiments' ViT (`EXP_VIT`) on some classes of `data`, with their labels or by masked patch prediction."
+    if objective not in ('supervised', 'mpp'): raise ValueError(f"objective must be 'supervised' or 'mpp' (masked patch prediction), got {objective!r}")
     data = data if data is not None else fashion_mnist()
     set_seed(seed)
     model = create_model(EXP_VIT, **{**dict(img_size=size, in_chans=data.x_train.shape[1], num_classes=len(classes)), **(vit_kw or {})})
     dls = tensor_dls(data, bs=bs, size=size, classes=list(classes), n_train=n_train, aug=aug, seed=seed)
-    return model, train_eval(model, dls, **train_kw)
+    if objective == 'supervised': return model, train_eval(model, dls, **train_kw)
+    mpp = MaskedPatchPrediction(model, bins=bins, mean=dls.stats[0], std=dls.stats[1])
+    res = train_eval(mpp, dls, **train_kw)
+    return mpp.release(), res
 
 def transfer(
-    pretrained:ViT, # from `pretrain` (it is copied, not changed)
+    pretrained, # from `pretrain` (it is copied, not changed); or a dict of them by name (`{'supervised': vit1, 'MPP': vit2}`)
     data=None, # a `TensorData` (default: Fashion-MNIST)
     classes=(5, 6, 7, 8, 9), # the new task's classes
     n_labels:int=500, # labelled training images of the new task
@@ -236,20 +253,22 @@ def transfer(
     aug=False, # data augmentation (`tensor_dls`)
     **train_kw, # `steps` etc. for `train_eval`
 ) -> pd.DataFrame:
-    "Fine-tune a pre-trained ViT on unseen classes at each resolution, against training from scratch."
+    "Fine-tune pre-trained ViTs on unseen classes at each resolution, against training from scratch."
+    named = pretrained if isinstance(pretrained, dict) else {'pre-trained': pretrained}
+    first = next(iter(named.values()))
     data = data if data is not None else fashion_mnist()
     C, K = data.x_train.shape[1], len(classes)
     dls = lambda size, s: tensor_dls(data, bs=bs, size=size, classes=list(classes), n_train=n_labels, n_valid=n_valid, aug=aug, seed=s)
-    def finetuned(size):
+    def finetuned(pre, size):
         def make(s):
-            m = copy.deepcopy(pretrained).reset_head(K)
+            m = copy.deepcopy(pre).reset_head(K)
             return m.set_img_size(size), dls(size, s)
         return make
     cells = []
     for size in sizes:
         cells.append(dict(init='scratch', size=size, train_kw=dict(lr=scratch_lr, fit='pretrain'),
-                          make=lambda s, size=size: (vit_from_config(pretrained.cfg, img_size=size, num_classes=K), dls(size, s))))
-        cells.append(dict(init='pre-trained', size=size, train_kw=dict(lr=ft_lr, fit='finetune'), make=finetuned(size)))
+                          make=lambda s, size=size: (vit_from_config(first.cfg, img_size=size, num_classes=K), dls(size, s))))
+        cells += [dict(init=name, size=size, train_kw=dict(lr=ft_lr, fit='finetune'), make=finetuned(pre, size)) for name, pre in named.items()]
     return run_grid(cells, seeds, **train_kw)
 
 # %% ../nbs/20_experiments.ipynb #f85ac607
@@ -283,21 +302,26 @@ def patch_size_sweep(
     n_valid:int=None, # test-subset size
     aug=False, # data augmentation (`tensor_dls`)
     vit_kw:dict=None, # `ViTConfig` overrides of `EXP_VIT`
+    budgets=None, # training budgets in TFLOPs per run (forward and backward, counted): each patch size gets the steps that spend it (`exact`); None: `train_kw`'s `steps` for all
     **train_kw, # for `train_eval`
 ) -> pd.DataFrame:
-    "Accuracy, forward GFLOPs per image and measured training throughput of the same ViT at several patch sizes."
+    "Accuracy, forward GFLOPs per image and measured training throughput of the same ViT at several patch sizes, at the same steps or the same training FLOPs."
     data = data if data is not None else fashion_mnist()
     C, K = data.x_train.shape[1], len(data.vocab)
     vit = lambda p: create_model(EXP_VIT, **{**dict(img_size=size, patch_size=p, in_chans=C, num_classes=K), **(vit_kw or {})})
     mk = lambda p: lambda s: (vit(p),
                               tensor_dls(data, bs=bs, size=size, n_train=n_train, n_valid=n_valid, aug=aug, seed=s))
-    df = run_grid([dict(patch=p, tokens=(size // p) ** 2, make=mk(p)) for p in patches], seeds, **train_kw)
+    cost = {p: model_cost(vit(p), (C, size, size), train=True) for p in patches}
+    if budgets is None: cells = [dict(patch=p, tokens=(size // p) ** 2, make=mk(p)) for p in patches]
+    else: cells = [dict(budget_tflops=b, patch=p, tokens=(size // p) ** 2, make=mk(p),
+                        train_kw=dict(steps=max(1, round(b * 1e3 / (cost[p]['train_gflops'] * bs))), exact=True))
+                   for b in budgets for p in patches]
+    df = run_grid(cells, seeds, **train_kw)
     for p in patches:
-        m = vit(p)
-        c = model_cost(m, (C, size, size))
-        df.loc[df.patch == p, 'gflops'] = c['gflops']
-        df.loc[df.patch == p, 'params'] = c['params']
-        df.loc[df.patch == p, 'train_img_s'] = throughput(m, (C, size, size), bs)
+        c = cost[p]
+        for k in ('gflops', 'train_gflops', 'params'): df.loc[df.patch == p, k] = c[k]
+        df.loc[df.patch == p, 'train_img_s'] = throughput(vit(p), (C, size, size), bs)
+    df['tflops'] = df.steps * bs * df.train_gflops / 1e3            # what each run spent
     return df
 
 # %% ../nbs/20_experiments.ipynb #315997a5
@@ -466,6 +490,18 @@ class MaskedPatchPrediction(nn.Module):
         sel = self.last['sel']
         return self.head(tokens)[sel], self.patch_targets(x, grid)[sel]
 
+    def param_groups(self) -> list: # the ViT's groups; the mask embedding and the colour head with its last
+        "Parameter groups by depth, for fastai's splitter (`vit_splitter`): the ViT's, with the mask embedding and the colour head in the last."
+        g = self.vit.param_groups()
+        return g[:-1] + [g[-1] + [self.mask_token, *self.head.parameters()]]
+
+    def no_weight_decay(self) -> set: # parameter names
+        "The ViT's parameters without weight decay (prefixed `vit.`), the mask embedding and the head's bias."
+        return {f'vit.{n}' for n in self.vit.no_weight_decay()} | {'mask_token', 'head.bias'}
+
+    @property
+    def learner_kw(self) -> dict: return dict(loss_func=mpp_loss, metrics=mpp_accuracy)   # how `train_eval` trains it
+
     def release(self) -> nn.Module:
         "Remove the corruption hook and return the ViT (for fine-tuning)."
         self._hook.remove(); return self.vit
@@ -473,3 +509,8 @@ class MaskedPatchPrediction(nn.Module):
 def mpp_loss(out:tuple, *_) -> Tensor:
     "Cross-entropy of the corrupted patches' predicted colours (the labels of the batch are not used)."
     return F.cross_entropy(*out)
+
+def mpp_accuracy(out:tuple, *_) -> Tensor:
+    "Share of the corrupted patches whose colour is predicted right."
+    logits, tgt = out
+    return (logits.argmax(-1) == tgt).float().mean()
