@@ -88,9 +88,9 @@ def train_eval(
     with learn.no_bar(), learn.no_logging():
         if fit == 'pretrain': learn.fit_pretrain(n_epoch, lr=lr, wd=wd, warmup=warmup, decay='cos')
         else: learn.fit_finetune(n_epoch, lr=lr, warmup=warmup)
-        secs = time.perf_counter() - t0
+        secs, done = time.perf_counter() - t0, learn.train_iter    # the optimiser steps counted, not computed
         loss, acc = learn.validate()
-    res = dict(acc=float(acc), loss=float(loss), steps=max(1, round(n_epoch * len(dls.train))), epochs=n_epoch, secs=secs)
+    res = dict(acc=float(acc), loss=float(loss), steps=done, epochs=n_epoch, secs=secs)
     return res | probe(model, dls) if probe else res
 
 # %% ../nbs/20_experiments.ipynb #ff6c6e1f
@@ -115,9 +115,10 @@ def run_grid(
 def summarise(
     df:pd.DataFrame, # `run_grid`'s table
     by, # the label column(s) to group by
+    metric:str='acc', # the column summarised: `acc`, or a probe's (`fewshot_10`, ...)
 ) -> pd.DataFrame:
     "Mean, standard deviation, min and max test accuracy (in %) over seeds, per group."
-    g = df.groupby(by, sort=False)['acc']
+    g = df.groupby(by, sort=False)[metric]
     return (g.agg(['mean', 'std', 'min', 'max', 'count']) * [100, 100, 100, 100, 1]).round(2)
 
 # %% ../nbs/20_experiments.ipynb #90f8d76c
@@ -138,7 +139,9 @@ def inductive_bias(
     C, K = data.x_train.shape[1], len(data.vocab)
     models = models or {'ViT': EXP_VIT, 'ResNet': EXP_RESNET}
     build = lambda f: (lambda s: create_model(f, img_size=size, in_chans=C, num_classes=K)) if isinstance(f, str) else f
-    budget = epochs.get if isinstance(epochs, dict) else epochs
+    if isinstance(epochs, dict) and (missing := [n for n in sizes if n not in epochs]):
+        raise ValueError(f"epochs has no budget for the sizes {missing}: give one for each of {list(sizes)}")
+    budget = epochs.__getitem__ if isinstance(epochs, dict) else epochs
     mk = lambda f, n: lambda s: (build(f)(s), tensor_dls(data, bs=bs, size=size, n_train=n, n_valid=n_valid, aug=aug, seed=s))
     cells = []
     for n in sizes:
@@ -311,7 +314,8 @@ def patch_size_sweep(
     vit = lambda p: create_model(EXP_VIT, **{**dict(img_size=size, patch_size=p, in_chans=C, num_classes=K), **(vit_kw or {})})
     mk = lambda p: lambda s: (vit(p),
                               tensor_dls(data, bs=bs, size=size, n_train=n_train, n_valid=n_valid, aug=aug, seed=s))
-    cost = {p: model_cost(vit(p), (C, size, size), train=True) for p in patches}
+    fresh = {p: vit(p) for p in patches}                            # one untrained model per patch size, to count and time
+    cost = {p: model_cost(m, (C, size, size), train=True) for p, m in fresh.items()}
     if budgets is None: cells = [dict(patch=p, tokens=(size // p) ** 2, make=mk(p)) for p in patches]
     else: cells = [dict(budget_tflops=b, patch=p, tokens=(size // p) ** 2, make=mk(p),
                         train_kw=dict(steps=max(1, round(b * 1e3 / (cost[p]['train_gflops'] * bs))), exact=True))
@@ -320,7 +324,7 @@ def patch_size_sweep(
     for p in patches:
         c = cost[p]
         for k in ('gflops', 'train_gflops', 'params'): df.loc[df.patch == p, k] = c[k]
-        df.loc[df.patch == p, 'train_img_s'] = throughput(vit(p), (C, size, size), bs)
+        df.loc[df.patch == p, 'train_img_s'] = throughput(fresh[p], (C, size, size), bs)
     df['tflops'] = df.steps * bs * df.train_gflops / 1e3            # what each run spent
     return df
 
