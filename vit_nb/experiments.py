@@ -211,7 +211,7 @@ def pos_embed_ablation(
 
 def table8(
     df:pd.DataFrame, # `pos_embed_ablation`'s table (with a `few_shot_probe`'s columns, the paper's metric beside fine-tuning)
-    shots:int=5, # the few-shot column reported (the paper's Table 8 is 5-shot)
+    shots:int=PAPER_TABLE8_SHOTS, # the few-shot column reported (the paper's Table 8 is 5-shot)
 ) -> pd.DataFrame:
     "Our accuracies by position embedding beside the paper's Table 8: trained-and-tested, and `shots`-shot linear when `df` has it."
     s = summarise(df, 'pos_embed')
