@@ -26,7 +26,7 @@ from fastai.torch_core import set_seed
 from .model import ViT, vit_from_config
 from .factory import create_model
 from .resnet import ResNet
-from .data import TensorData, fashion_mnist, tensor_dls
+from .data import TensorData, ImageTensors, fashion_mnist, tensor_dls
 from .learner import vit_learner, ViTLearner, vit_splitter, SkipValidation
 
 # %% ../nbs/20_experiments.ipynb #84af331a
@@ -364,7 +364,7 @@ def fit_linear_probe(
 
 # %% ../nbs/20_experiments.ipynb #ed468649
 def few_shot(
-    train:tuple, # `(features, labels)` of the images to draw the shots from (`extract_features`)
+    train:tuple, # `(features, labels)` of the images to draw the shots from (`extract_features`); or `(embed, labels)`, `embed(idx)` the features of those images only
     test:tuple, # `(features, labels)` to score on
     shots=(1, 5, 10), # images per class
     draws:int=5, # random draws of the shots per setting
@@ -377,20 +377,31 @@ def few_shot(
     by_class = [torch.nonzero(ytr == k).flatten() for k in range(K)]
     if (short := [k for k, i in enumerate(by_class) if len(i) < max(shots)]):
         raise ValueError(f"classes {short} have fewer than {max(shots)} training images: lower shots or pass more images")
-    g, rows = torch.Generator().manual_seed(seed), []
-    for n in shots:
+    g = torch.Generator().manual_seed(seed)
+    idxs = {n: [torch.cat([i[torch.randperm(len(i), generator=g)[:n]] for i in by_class]) for _ in range(draws)] for n in shots}
+    if callable(Xtr):                                               # embed only the images drawn (at most draws*sum(shots)*K)
+        need = torch.cat([i for v in idxs.values() for i in v]).unique()
+        f = Xtr(need); Xtr = f.new_zeros(len(ytr), f.shape[1]); Xtr[need] = f
+    rows = []
+    for n, ids in idxs.items():
         accs = []
-        for _ in range(draws):
-            idx = torch.cat([i[torch.randperm(len(i), generator=g)[:n]] for i in by_class])
+        for idx in ids:
             W, b = fit_linear_probe(Xtr[idx], ytr[idx], K, l2)
             accs.append(((Xte.double() @ W + b).argmax(1) == yte).double().mean().item())
         rows.append(dict(shots=n, acc=float(np.mean(accs)), std=float(np.std(accs)), draws=accs))
     return pd.DataFrame(rows)
 
+
 # %% ../nbs/20_experiments.ipynb #7042aa76
-def unaugmented(dl):
+def unaugmented(
+    dl, # a loader of an `ImageTensors` (or any data set, if `idxs` is None)
+    idxs=None, # only these images, in this order (default: all)
+):
     "`dl`'s images in order, each once, transformed as validation images are (no augmentation): a pool of shots to extract features from."
     ds = copy.copy(dl.dataset); ds.split_idx = 1                    # fastai applies the transforms of the dataset's split
+    if idxs is not None:
+        if not isinstance(ds, ImageTensors): raise TypeError(f"idxs needs an ImageTensors data set, got {type(ds).__name__}: pass idxs=None")
+        i = torch.as_tensor(idxs, dtype=torch.long); ds.x, ds.y = ds.x[i], ds.y[i]
     return dl.new(ds, shuffle=False, drop_last=False)
 
 def few_shot_probe(
@@ -401,10 +412,14 @@ def few_shot_probe(
 ):
     "A `train_eval` probe: the trained model's few-shot linear accuracy (§4.1), shots drawn from the training images (`unaugmented`), scored on `dls.valid`."
     def probe(model, dls) -> dict:
-        pool = extract_features(model, unaugmented(dls.train))
+        ds = dls.train.dataset
+        if isinstance(ds, ImageTensors):                            # embed only the drawn shots, not the whole pool
+            pool = (lambda i: extract_features(model, unaugmented(dls.train, i))[0], ds.y)
+        else: pool = extract_features(model, unaugmented(dls.train))
         fs = few_shot(pool, extract_features(model, dls.valid), shots, draws, l2, seed)
         return {f'fewshot_{r.shots}': r.acc for r in fs.itertuples()} | {f'fewshot_{r.shots}_std': r.std for r in fs.itertuples()}
     return probe
+
 
 # %% ../nbs/20_experiments.ipynb #e185c648
 FOOTWEAR = (5, 7, 9)                                             # Fashion-MNIST's sandal, sneaker, ankle boot
