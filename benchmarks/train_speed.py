@@ -45,8 +45,8 @@ def bench_accuracy(extra):
 
 SUITE = {   # name: (vit-nb-train arguments added to the defaults, target test accuracy, target wall-clock seconds)
     'main': ([], 0.93, 600),
-    'short': (['--epochs', '3'], 0.90, 180),
-    'pure_vit': (['--arch', 'vit_mini_patch4_28', '--depth', '4', '--epochs', '6'], 0.91, 600),
+    'short': (['--epochs', '2', '--size', '24'], 0.90, 180),
+    'pure_vit': (['--arch', 'vit_mini_patch4_28', '--patch-size', '7', '--depth', '4', '--epochs', '12'], 0.91, 600),
     'resnet': (['--arch', 'resnet_mini_s2_32'], None, None),
     'main_compiled': (['--compile'], 0.93, 600),
 }

@@ -432,7 +432,7 @@ def train(
     data:str='fashion_mnist', # 'fashion_mnist' (1x28x28; --aug: pad-crop 2, flip, rotate 10°, zoom 1.1; its mean and std), 'digits' (1x8x8; pad-crop 1, rotate 10°, zoom 1.1; its mean and std), 'cifar10' (3x32x32; pad-crop 4, flip, as labml; mean and std 0.5), 'imagenette' (RGB photos, shortest side 160; random resized crop, flip, rotate 10°, zoom 1.1, lighting; ImageNet's mean and std), or a folder of images in class sub-folders (as imagenette; mean and std 0.5)
     data_path:str=None, # a folder holding the --data set: Fashion-MNIST's IDX files, or the folder fastai's CIFAR-10 or Imagenette archive unpacks to (default: $VIT_NB_FASHION_MNIST, $VIT_NB_CIFAR10 or $VIT_NB_IMAGENETTE, else the usual places, see vit_nb.data; CIFAR-10 and Imagenette are then downloaded once where there is internet, never with VIT_NB_OFFLINE=1)
     arch:str='vit_mini_conv_s8_32', # a registered model, ViT or hybrid: see vit_nb.factory.list_models()
-    epochs:int=8, # training epochs
+    epochs:int=7, # training epochs
     bs:int=128, # batch size
     lr:float=2e-3, # peak learning rate (Adam)
     wd:float=0.05, # decoupled weight decay
